@@ -1,0 +1,318 @@
+"""Convert the official A-FINE checkpoint to a transformers model directory.
+
+Inputs (spec/afine.md §1.9):
+
+* the merged ``afine.pth``: a dict with exactly six entries ``finetuned_clip``, ``natural``, ``fidelity``,
+  ``natural_scale``, ``fidelity_scale``, ``adapter``;
+* or a folder with the per-stage files of the official training code: ``clip_model.pth``,
+  ``net_qhead.pth``, ``net_dhead.pth``, ``net_scale_nr.pth``, ``net_scale_fr.pth``, ``net_finalscore.pth``
+  (BasicSR files may wrap their tensors in ``params``/``params_ema`` and prefix ``module.``).
+
+Files are read with ``torch.load(..., weights_only=True)``; a pickle that needs arbitrary code is refused.
+The OpenAI CLIP visual keys are mapped to transformers' ``CLIPVisionModel`` names (the fused attention
+projection is split into q/k/v); the text tower and ``visual.proj`` (unused by A-FINE) are dropped. Any
+missing, unexpected or mis-shaped key aborts the conversion with the full list.
+
+Output: ``config.json``, ``model.safetensors``, ``preprocessor_config.json`` and the code files with an
+``auto_map``, so that ``AutoModel.from_pretrained(out, trust_remote_code=True)`` works without this package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import re
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from .configuration_afine import AfineConfig
+
+OFFICIAL_KEYS = ("finetuned_clip", "natural", "fidelity", "natural_scale", "fidelity_scale", "adapter")
+STAGE_FILES = {
+    "finetuned_clip": "clip_model.pth",
+    "natural": "net_qhead.pth",
+    "fidelity": "net_dhead.pth",
+    "natural_scale": "net_scale_nr.pth",
+    "fidelity_scale": "net_scale_fr.pth",
+    "adapter": "net_finalscore.pth",
+}
+# Keys of the OpenAI CLIP text tower (and other non-visual entries) that ride along in finetuned_clip.
+_TEXT_KEY = re.compile(
+    r"^(positional_embedding|text_projection|logit_scale|token_embedding\.weight|ln_final\.(weight|bias)|"
+    r"transformer\.resblocks\.\d+\..+)$"
+)
+_UNUSED_VISUAL = {"visual.proj"}
+
+__all__ = [
+    "ConversionError",
+    "load_official_state_dict",
+    "official_to_hf_state_dict",
+    "config_from_official",
+    "convert_afine_checkpoint",
+    "main",
+]
+
+
+class ConversionError(ValueError):
+    """The checkpoint does not have the official layout; the message lists every problem."""
+
+
+def _safe_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ConversionError(
+            f"{path}: refusing to load: the file needs unsafe unpickling (it contains Python objects, not just "
+            f"tensors), so it is either not an official A-FINE checkpoint or not trustworthy. Details: "
+            f"{str(exc).splitlines()[0]}"
+        ) from exc
+    except FileNotFoundError as exc:
+        raise ConversionError(f"{path}: file does not exist") from exc
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise ConversionError(f"{path}: not a readable torch checkpoint ({exc})") from exc
+
+
+def _unwrap_stage(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """BasicSR ``save_network`` files: ``{"params": state_dict}``; drop ``module.`` prefixes."""
+    if isinstance(obj, Mapping) and "params" in obj and isinstance(obj["params"], Mapping):
+        obj = obj["params"]
+    elif isinstance(obj, Mapping) and "params_ema" in obj and isinstance(obj["params_ema"], Mapping):
+        obj = obj["params_ema"]
+    if not isinstance(obj, Mapping):
+        raise ConversionError(f"{path}: expected a state dict, got {type(obj).__name__}")
+    return {(k[7:] if k.startswith("module.") else k): v for k, v in obj.items()}
+
+
+def load_official_state_dict(source: str | Path) -> dict[str, dict[str, torch.Tensor]]:
+    """Read ``afine.pth`` or a folder of per-stage files into ``{part: state_dict}`` (the six official parts)."""
+    source = Path(source)
+    if source.is_dir():
+        present = {part: source / name for part, name in STAGE_FILES.items() if (source / name).is_file()}
+        merged = source / "afine.pth"
+        if not present and merged.is_file():
+            return load_official_state_dict(merged)
+        missing = [STAGE_FILES[p] for p in OFFICIAL_KEYS if p not in present]
+        if missing:
+            raise ConversionError(f"{source}: missing per-stage file(s): {', '.join(missing)}")
+        return {part: _unwrap_stage(_safe_load(path), path) for part, path in present.items()}
+    if not source.exists():
+        raise ConversionError(f"{source}: file does not exist")
+    obj = _safe_load(source)
+    if not isinstance(obj, Mapping):
+        raise ConversionError(f"{source}: expected a dict with keys {list(OFFICIAL_KEYS)}, got {type(obj).__name__}")
+    problems = []
+    missing = [k for k in OFFICIAL_KEYS if k not in obj]
+    extra = [k for k in obj if k not in OFFICIAL_KEYS]
+    if missing:
+        problems.append(f"missing top-level keys {missing}")
+    if extra:
+        problems.append(f"unexpected top-level keys {extra}")
+    if problems:
+        raise ConversionError(f"{source}: not an official afine.pth: " + "; ".join(problems))
+    out = {}
+    for key in OFFICIAL_KEYS:
+        if not isinstance(obj[key], Mapping):
+            raise ConversionError(f"{source}: entry {key!r} is a {type(obj[key]).__name__}, expected a state dict")
+        out[key] = _unwrap_stage(obj[key], source)
+    return out
+
+
+def config_from_official(parts: Mapping[str, Mapping[str, torch.Tensor]], **overrides: Any) -> AfineConfig:
+    """Infer the architecture from tensor shapes (OpenAI rule: heads = width // 64)."""
+    clip = parts["finetuned_clip"]
+    try:
+        conv = clip["visual.conv1.weight"]
+        pos = clip["visual.positional_embedding"]
+        fc = clip["visual.transformer.resblocks.0.mlp.c_fc.weight"]
+        proj_feat = parts["natural"]["proj_feat.weight"]
+        proj_head = parts["natural"]["proj_head.0.weight"]
+    except KeyError as exc:
+        raise ConversionError(f"cannot infer the architecture: missing key {exc}") from exc
+    width, patch = int(conv.shape[0]), int(conv.shape[-1])
+    layers = len({m.group(1) for k in clip if (m := re.match(r"^visual\.transformer\.resblocks\.(\d+)\.", k))})
+    grid = int(round((pos.shape[0] - 1) ** 0.5))
+    if grid * grid + 1 != pos.shape[0]:
+        raise ConversionError(f"visual.positional_embedding has {pos.shape[0]} rows, not 1 + a square grid")
+    vision = dict(
+        hidden_size=width,
+        intermediate_size=int(fc.shape[0]),
+        num_hidden_layers=layers,
+        num_attention_heads=max(1, width // 64),
+        image_size=grid * patch,
+        patch_size=patch,
+    )
+    vision.update(overrides.pop("vision_config", {}))
+    return AfineConfig(
+        vision_config=vision,
+        natural_hidden_dim=int(proj_feat.shape[0]),
+        natural_mlp_dim=int(proj_head.shape[0]),
+        **overrides,
+    )
+
+
+def _map_visual_key(key: str) -> list[str] | None:
+    """Official ``visual.*`` key -> transformers key(s); None when the key has no counterpart."""
+    fixed = {
+        "visual.class_embedding": "embeddings.class_embedding",
+        "visual.positional_embedding": "embeddings.position_embedding.weight",
+        "visual.conv1.weight": "embeddings.patch_embedding.weight",
+        "visual.ln_pre.weight": "pre_layrnorm.weight",
+        "visual.ln_pre.bias": "pre_layrnorm.bias",
+        "visual.ln_post.weight": "post_layernorm.weight",
+        "visual.ln_post.bias": "post_layernorm.bias",
+    }
+    if key in fixed:
+        return [fixed[key]]
+    m = re.match(r"^visual\.transformer\.resblocks\.(\d+)\.(.+)$", key)
+    if not m:
+        return None
+    i, rest = m.group(1), m.group(2)
+    prefix = f"encoder.layers.{i}."
+    if rest in ("attn.in_proj_weight", "attn.in_proj_bias"):
+        kind = "weight" if rest.endswith("weight") else "bias"
+        return [f"{prefix}self_attn.{p}_proj.{kind}" for p in ("q", "k", "v")]
+    simple = {
+        "attn.out_proj.weight": "self_attn.out_proj.weight",
+        "attn.out_proj.bias": "self_attn.out_proj.bias",
+        "ln_1.weight": "layer_norm1.weight",
+        "ln_1.bias": "layer_norm1.bias",
+        "ln_2.weight": "layer_norm2.weight",
+        "ln_2.bias": "layer_norm2.bias",
+        "mlp.c_fc.weight": "mlp.fc1.weight",
+        "mlp.c_fc.bias": "mlp.fc1.bias",
+        "mlp.c_proj.weight": "mlp.fc2.weight",
+        "mlp.c_proj.bias": "mlp.fc2.bias",
+    }
+    return [prefix + simple[rest]] if rest in simple else None
+
+
+_HEAD_PREFIX = {
+    "natural": "natural_head.",
+    "fidelity": "fidelity_head.",
+    "natural_scale": "natural_calibration.",
+    "fidelity_scale": "fidelity_calibration.",
+    "adapter": "adapter.",
+}
+
+
+def official_to_hf_state_dict(
+    parts: Mapping[str, Mapping[str, torch.Tensor]],
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Map the six official parts to ``AfineModel`` keys. Returns ``(state_dict, unexpected_keys)``."""
+    out: dict[str, torch.Tensor] = {}
+    unexpected: list[str] = []
+    for key, value in parts["finetuned_clip"].items():
+        if _TEXT_KEY.match(key) or key in _UNUSED_VISUAL:
+            continue
+        targets = _map_visual_key(key)
+        if targets is None:
+            unexpected.append(f"finetuned_clip.{key}")
+            continue
+        value = value.detach().to(torch.float32)
+        if len(targets) == 3:  # fused [q; k; v] projection of nn.MultiheadAttention
+            if value.shape[0] % 3:
+                unexpected.append(f"finetuned_clip.{key} (first dim {value.shape[0]} not divisible by 3)")
+                continue
+            for target, chunk in zip(targets, value.chunk(3, dim=0)):
+                out["vision_model." + target] = chunk.clone().contiguous()
+        else:
+            out["vision_model." + targets[0]] = value.clone().contiguous()
+    for part, prefix in _HEAD_PREFIX.items():
+        for key, value in parts[part].items():
+            out[prefix + key] = value.detach().to(torch.float32).clone().contiguous()
+    return out, unexpected
+
+
+def _check_against_model(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], unexpected: list[str]) -> None:
+    own = model.state_dict()
+    missing = sorted(k for k in own if k not in state_dict)
+    extra = sorted(k for k in state_dict if k not in own) + unexpected
+    shapes = sorted(
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)
+    )
+    if missing or extra or shapes:
+        lines = ["the checkpoint does not match the A-FINE architecture:"]
+        if missing:
+            lines.append(f"  missing ({len(missing)}): " + ", ".join(missing))
+        if extra:
+            lines.append(f"  unexpected ({len(extra)}): " + ", ".join(extra))
+        if shapes:
+            lines.append(f"  wrong shape ({len(shapes)}): " + "; ".join(shapes))
+        raise ConversionError("\n".join(lines))
+
+
+def build_model_from_official(source: str | Path | Mapping[str, Mapping[str, torch.Tensor]], **config_overrides: Any):
+    """Load an official checkpoint (path, folder or already loaded parts) into a new ``AfineModel``."""
+    from .modeling_afine import AfineModel
+
+    parts = load_official_state_dict(source) if isinstance(source, (str, Path)) else dict(source)
+    config = config_from_official(parts, **config_overrides)
+    state_dict, unexpected = official_to_hf_state_dict(parts)
+    model = AfineModel(config)
+    _check_against_model(model, state_dict, unexpected)
+    model.load_state_dict(state_dict, strict=True)
+    return model.eval()
+
+
+def convert_afine_checkpoint(
+    source: str | Path,
+    output_dir: str | Path,
+    *,
+    with_code: bool = True,
+    **config_overrides: Any,
+) -> Path:
+    """Convert ``source`` (``afine.pth`` or a per-stage folder) and save a model directory at ``output_dir``.
+
+    Returns the output directory. Raises :class:`ConversionError` on any layout problem; nothing is written then.
+    """
+    from .image_processing_afine import AfineImageProcessor
+    from .modeling_afine import AfineModel
+
+    model = build_model_from_official(source, **config_overrides)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    processor = AfineImageProcessor(
+        image_mean=model.config.image_mean, image_std=model.config.image_std, size_multiple=model.config.size_multiple
+    )
+    classes = (type(model.config), AfineModel, AfineImageProcessor)
+    previous = [getattr(c, "_auto_class", None) for c in classes]
+    try:
+        if with_code:
+            # Copies configuration/modeling/processing files next to the weights and writes `auto_map`.
+            type(model.config).register_for_auto_class()
+            AfineModel.register_for_auto_class("AutoModel")
+            AfineImageProcessor.register_for_auto_class("AutoImageProcessor")
+        model.save_pretrained(output_dir)
+        processor.save_pretrained(output_dir)
+    finally:  # do not leak the registration into later, unrelated saves
+        for cls, value in zip(classes, previous):
+            cls._auto_class = value
+    return output_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="afine convert",
+        description="Convert the official A-FINE afine.pth (or the per-stage training files) to a transformers "
+        "model directory loadable with AutoModel.from_pretrained.",
+    )
+    parser.add_argument("source", help="path to afine.pth, or a folder with clip_model.pth, net_qhead.pth, ...")
+    parser.add_argument("output_dir", help="directory to write config.json, model.safetensors and the processor config")
+    parser.add_argument("--no-code", action="store_true", help="do not copy the model code / auto_map into the directory")
+    args = parser.parse_args(argv)
+    try:
+        out = convert_afine_checkpoint(args.source, args.output_dir, with_code=not args.no_code)
+    except ConversionError as exc:
+        print(f"afine convert: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"converted {args.source} -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

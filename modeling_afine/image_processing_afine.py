@@ -1,0 +1,243 @@
+"""Image processor for A-FINE: the official preprocessing, batched, for any input type.
+
+Steps (spec/afine.md §1.1): 8-bit RGB -> float /255 -> CLIP normalisation -> if a side is not a multiple
+of 32, bicubic *stretch* (not pad) of the normalised tensor up to the next multiple, with the target taken
+from the **distorted** image and applied to both images. No torchvision.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.image_processing_utils import BaseImageProcessor
+
+from .configuration_afine import CLIP_MEAN, CLIP_STD
+from .image_io import ImageLoadError, load_image, to_rgb8
+from .modeling_afine import stretch_to_multiple, target_size
+
+ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
+
+__all__ = ["AfineImageProcessor", "image_to_tensor"]
+
+
+def _drop_or_replicate_channels(chw: torch.Tensor, name: str) -> torch.Tensor:
+    channels = chw.shape[0]
+    if channels == 3:
+        return chw
+    if channels == 1:
+        return chw.expand(3, -1, -1)
+    if channels == 2:  # gray + alpha
+        return chw[:1].expand(3, -1, -1)
+    if channels == 4:  # RGBA: alpha dropped, not composited (as OpenCV's IMREAD_COLOR)
+        return chw[:3]
+    raise ValueError(f"{name}: expected 1, 2, 3 or 4 channels, got {channels}")
+
+
+def image_to_tensor(image: ImageLike, name: str = "image") -> torch.Tensor:
+    """Convert one image to a float32 RGB tensor ``[3, H, W]`` with values in [0, 1].
+
+    Accepts a path, a PIL image, a numpy array ``(H, W)`` / ``(H, W, C)`` (uint8, uint16 or float in [0, 1])
+    or a torch tensor ``(C, H, W)`` / ``(H, W)`` (uint8, or float in [0, 1]). 16-bit data keeps its high
+    byte (as OpenCV did in the official pipeline); grayscale is replicated and alpha dropped.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        return torch.from_numpy(np.asarray(load_image(image), dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+    if isinstance(image, Image.Image):
+        arr = np.asarray(to_rgb8(image, name), dtype=np.float32) / 255.0
+        return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    if isinstance(image, np.ndarray):
+        arr = image
+        if arr.ndim == 2:
+            arr = arr[:, :, None]
+        if arr.ndim != 3:
+            raise ValueError(f"{name}: numpy images must be (H, W) or (H, W, C), got shape {image.shape}")
+        if arr.shape[2] not in (1, 2, 3, 4) and arr.shape[0] in (1, 3, 4):
+            raise ValueError(f"{name}: numpy images must be channels-last (H, W, C), got shape {image.shape}")
+        if arr.dtype == np.uint8:
+            data = arr.astype(np.float32) / 255.0
+        elif arr.dtype == np.uint16:
+            data = (arr >> 8).astype(np.float32) / 255.0
+        elif np.issubdtype(arr.dtype, np.floating):
+            data = arr.astype(np.float32)
+        else:
+            raise ValueError(f"{name}: unsupported numpy dtype {arr.dtype} (use uint8, uint16 or float in [0, 1])")
+        tensor = torch.from_numpy(np.ascontiguousarray(data)).permute(2, 0, 1)
+        return _drop_or_replicate_channels(tensor, name).contiguous()
+    if isinstance(image, torch.Tensor):
+        t = image.detach()
+        if t.ndim == 2:
+            t = t[None]
+        if t.ndim != 3:
+            raise ValueError(f"{name}: tensors must be (C, H, W) or (H, W), got shape {tuple(image.shape)}")
+        if t.dtype == torch.uint8:
+            t = t.float() / 255.0
+        elif t.is_floating_point():
+            t = t.float()
+        else:
+            raise ValueError(f"{name}: unsupported tensor dtype {t.dtype} (use uint8 or float in [0, 1])")
+        return _drop_or_replicate_channels(t.cpu(), name).contiguous()
+    raise TypeError(f"{name}: unsupported image type {type(image).__name__} (path, PIL, numpy HWC or torch CHW)")
+
+
+def _as_list(images: Any, what: str) -> list:
+    if isinstance(images, (list, tuple)):
+        if len(images) == 0:
+            raise ValueError(f"{what}: empty list of images")
+        return list(images)
+    if isinstance(images, torch.Tensor) and images.ndim == 4:
+        return list(images)
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        return list(images)
+    return [images]
+
+
+def _label(what: str, index: int, image: Any) -> str:
+    if isinstance(image, (str, os.PathLike)):
+        return str(image)
+    return f"{what}[{index}]"
+
+
+class AfineImageProcessor(BaseImageProcessor):
+    r"""Prepares (distorted, reference) images for :class:`AfineModel`.
+
+    ``processor(distorted, reference)`` returns a :class:`BatchFeature` with ``distorted`` and ``reference``
+    float32 tensors ``[B, 3, H', W']`` (CLIP-normalised, H' and W' multiples of 32), ready for
+    ``model(**inputs)``. Without ``reference`` only ``distorted`` is returned (for ``model.naturalness``).
+
+    Args:
+        image_mean, image_std: normalisation constants (OpenAI CLIP).
+        size_multiple: sides are stretched up to a multiple of this (32).
+        resize_reference: if True, a reference whose size differs from its distorted image is bicubic-
+            resized to the distorted image's target size; if False (default) such a pair is an error.
+    """
+
+    model_input_names = ["distorted", "reference"]
+
+    def __init__(
+        self,
+        image_mean: Sequence[float] = CLIP_MEAN,
+        image_std: Sequence[float] = CLIP_STD,
+        size_multiple: int = 32,
+        resize_reference: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.pop("image_processor_type", None)
+        auto_map = kwargs.pop("auto_map", None)
+        super().__init__(**kwargs)
+        if auto_map:
+            self.auto_map = auto_map
+        self.image_mean = [float(v) for v in image_mean]
+        self.image_std = [float(v) for v in image_std]
+        self.size_multiple = int(size_multiple)
+        self.resize_reference = bool(resize_reference)
+
+    # the base class' attribute bookkeeping is not used by this processor
+    _valid_kwargs_names: list[str] = []
+
+    def normalize_tensor(self, image: torch.Tensor) -> torch.Tensor:
+        """CLIP normalisation of ``[..., 3, H, W]`` float images in [0, 1]; returns a new tensor."""
+        mean = torch.tensor(self.image_mean, dtype=image.dtype).view(3, 1, 1)
+        std = torch.tensor(self.image_std, dtype=image.dtype).view(3, 1, 1)
+        return (image - mean) / std
+
+    def _load_batch(self, images: Any, what: str) -> list[torch.Tensor]:
+        out = []
+        for i, image in enumerate(_as_list(images, what)):
+            name = _label(what, i, image)
+            try:
+                out.append(self.normalize_tensor(image_to_tensor(image, name)))
+            except ImageLoadError:
+                raise
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(str(exc) if name in str(exc) else f"{name}: {exc}") from exc
+        return out
+
+    def preprocess_images(self, images: Any) -> torch.Tensor:
+        """Images of one size -> normalised, stretched ``[B, 3, H', W']`` float32 tensor."""
+        tensors = self._load_batch(images, "images")
+        sizes = {tuple(t.shape[-2:]) for t in tensors}
+        if len(sizes) > 1:
+            raise ValueError(
+                f"images in one batch must share a size, got {sorted(sizes)}; process them separately "
+                "(AfineScorer groups by size automatically)"
+            )
+        batch = torch.stack(tensors)
+        return stretch_to_multiple(batch, self.size_multiple)
+
+    def __call__(
+        self,
+        distorted: Any = None,
+        reference: Any = None,
+        *,
+        images: Any = None,
+        resize_reference: bool | None = None,
+        return_tensors: str | None = "pt",
+        **kwargs: Any,
+    ) -> BatchFeature:
+        return self.preprocess(
+            distorted, reference, images=images, resize_reference=resize_reference, return_tensors=return_tensors
+        )
+
+    def preprocess(
+        self,
+        distorted: Any = None,
+        reference: Any = None,
+        *,
+        images: Any = None,
+        resize_reference: bool | None = None,
+        return_tensors: str | None = "pt",
+        **kwargs: Any,
+    ) -> BatchFeature:
+        """See the class docstring. ``images=`` is an alias of ``distorted`` for the no-reference path."""
+        if distorted is None:
+            distorted = images
+        if distorted is None:
+            raise ValueError("no images given: call processor(distorted, reference)")
+        if return_tensors not in ("pt", None):
+            raise ValueError(f"AfineImageProcessor only returns torch tensors, got return_tensors={return_tensors!r}")
+        resize_reference = self.resize_reference if resize_reference is None else bool(resize_reference)
+        dis = self._load_batch(distorted, "distorted")
+        dis_sizes = [tuple(t.shape[-2:]) for t in dis]
+        if len(set(dis_sizes)) > 1:
+            raise ValueError(
+                f"distorted images in one batch must share a size, got {sorted(set(dis_sizes))}; "
+                "process them separately (AfineScorer groups by size automatically)"
+            )
+        size = target_size(*dis_sizes[0], self.size_multiple)
+        data = {"distorted": stretch_to_multiple(torch.stack(dis), self.size_multiple, size=size)}
+        if reference is not None:
+            ref_inputs = _as_list(reference, "reference")
+            refs = self._load_batch(ref_inputs, "reference")
+            if len(refs) not in (1, len(dis)):
+                raise ValueError(f"got {len(dis)} distorted images but {len(refs)} references (need 1 or {len(dis)})")
+            stretched = []
+            for i, ref in enumerate(refs):
+                ref_size = tuple(ref.shape[-2:])
+                if ref_size != dis_sizes[0]:
+                    if not resize_reference:
+                        raise ValueError(
+                            f"{_label('reference', i, ref_inputs[i])}: reference is {ref_size[0]}x{ref_size[1]} but the "
+                            f"distorted image is {dis_sizes[0][0]}x{dis_sizes[0][1]}; A-FINE compares images of the "
+                            "same size (pass resize_reference=True to stretch the reference)"
+                        )
+                stretched.append(stretch_to_multiple(ref[None], self.size_multiple, size=size)[0])
+            data["reference"] = torch.stack(stretched)
+        return BatchFeature(data=data, tensor_type=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {
+            "image_processor_type": type(self).__name__,
+            "image_mean": self.image_mean,
+            "image_std": self.image_std,
+            "size_multiple": self.size_multiple,
+            "resize_reference": self.resize_reference,
+        }
+        auto_map = getattr(self, "auto_map", None)
+        if auto_map:
+            out["auto_map"] = auto_map
+        return out
