@@ -386,8 +386,8 @@ class AfineScorer:
         use_autocast = self.autocast and backbone_dtype == torch.float32 and self.device.type == "cuda"
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_autocast):
             enc = self.model.encode_reference(pixels)
-        # The encoding is of the stretched image; record the distorted images' original size for the check.
-        enc.image_size = tuple(dis_size)
+        # The distorted batches are stretched to the target before the model sees them.
+        enc.image_size = tuple(size)
         return enc
 
     def naturalness(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
