@@ -45,9 +45,8 @@ __all__ = [
 ]
 
 OFFLINE_HELP = (
-    "Download the official afine.pth (see the README: 'Getting the weights'), convert it once with\n"
-    "    afine convert afine.pth ./afine-model\n"
-    "and pass --model ./afine-model (or model='./afine-model' in Python)."
+    "To use a local copy instead: afine convert afine.pth ./afine-model  then pass --model ./afine-model "
+    "(model='./afine-model' in Python); the README's 'Getting the weights' says where afine.pth is published."
 )
 
 
