@@ -55,7 +55,8 @@ def _fingerprint(dataset: str, root: Path) -> str:
     if dataset == "diffiqa":
         folders = list(diffiqa_split_folders(root).values())
         labels = [diffiqa_labels_dir(f) for f in folders]
-        return fingerprint_files(labels, [f / "images" for f in folders])
+        # an unlabelled generator tree keeps 01..06/ and Original/ directly in the folder
+        return fingerprint_files(labels, [f / "images" if (f / "images").is_dir() else f for f in folders])
     if dataset == "sriqa_bench":
         return fingerprint_files([root / "labels", root / "MOS", root / "MOS_Reg", root / "MOS_Gen"], [root / "images"])
     return fingerprint_files([root / s for s in SPLIT_FOLDERS], [root / "images"])

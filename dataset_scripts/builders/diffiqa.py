@@ -26,6 +26,7 @@ from ..schema import LABEL_TO_G, pair_features, triplet_features
 from .base import BUILDER_VERSION, AfineDataConfig, opt_str, raise_if_problems, require_data_dir
 
 _DESCRIPTIONS = {
+    "images": "unlabelled (enhanced, reference) pairs: every enhanced image with its reference, no labels needed",
     "annotations": "raw annotations: one row per annotator and enhanced image",
     "pairs": "majority-labelled (enhanced, reference) pairs",
     "triplets": "training triplets (img1, img2, ref, g12, g1ref, g2ref)",
@@ -33,9 +34,12 @@ _DESCRIPTIONS = {
 _DESCRIPTIONS.update({t: f"per-type subset {t}" for t in ALL_TYPES})
 
 
-def scan_diffiqa(data_dir, report: CheckReport) -> dict:
+def scan_diffiqa(data_dir, report: CheckReport, require_labels: bool = True) -> dict:
     """``{split: DiffIQAScan}`` for every split folder of ``data_dir``."""
-    return {split: scan_diffiqa_folder(folder, report) for split, folder in diffiqa_split_folders(data_dir).items()}
+    return {
+        split: scan_diffiqa_folder(folder, report, require_labels=require_labels)
+        for split, folder in diffiqa_split_folders(data_dir).items()
+    }
 
 
 class DiffIQA(datasets.GeneratorBasedBuilder):
@@ -49,7 +53,10 @@ class DiffIQA(datasets.GeneratorBasedBuilder):
 
     def _info(self) -> datasets.DatasetInfo:
         name = self.config.name
-        if name == "annotations":
+        if name == "images":
+            # the shared pair schema with `label`/`g` left empty: these pairs are not labelled yet
+            features = pair_features({"variant": datasets.Value("string")})
+        elif name == "annotations":
             features = pair_features({
                 "variant": datasets.Value("string"),
                 "annotator": datasets.Value("string"),
@@ -71,12 +78,32 @@ class DiffIQA(datasets.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         root = require_data_dir(self.config, "DiffIQA")
         report = CheckReport(str(root), "diffiqa")
-        scans = scan_diffiqa(root, report)
+        scans = scan_diffiqa(root, report, require_labels=self.config.name != "images")
         raise_if_problems(report)
         return [datasets.SplitGenerator(name=split, gen_kwargs={"scan": scan}) for split, scan in scans.items()]
 
     def _generate_examples(self, scan):
         name = self.config.name
+        if name == "images":
+            key = 0
+            for ref in scan.references:
+                refp = scan.reference_path(ref)
+                for variant in scan.variants:
+                    enh = scan.enhanced_path(ref, variant)
+                    if enh is None:
+                        continue
+                    yield key, {
+                        "group": ref,
+                        "distorted": str(enh),
+                        "reference": opt_str(refp),
+                        "distorted_name": enh.name,
+                        "reference_name": refp.name if refp else f"{ref}.png",
+                        "label": None,
+                        "g": None,
+                        "variant": variant,
+                    }
+                    key += 1
+            return
         if name == "annotations":
             key = 0
             for ref in scan.references:

@@ -287,3 +287,31 @@ def test_builder_streaming(sriqa_root, hf_cache):
     b = dataset_scripts.get_builder("sriqa_bench", sriqa_root[0], "pairs_reg", cache_dir=hf_cache)
     rows = list(b.as_streaming_dataset(split="test"))
     assert len(rows) == 3 * 3 and isinstance(rows[0]["img1"], Image.Image)
+
+
+def test_diffiqa_images_config_reads_unlabelled_generator_tree(tmp_path):
+    """An unlabelled tree ({out}/{01..06}/{ref}_{NN}.png, {out}/Original/{ref}.png) loads as `images`."""
+    import numpy as np
+    from PIL import Image
+
+    import dataset_scripts
+
+    out = tmp_path / "gen"
+    refs = ["000001x0y0", "000002x32y64"]
+    for r, ref in enumerate(refs):
+        (out / "Original").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8, 3), r * 40, np.uint8)).save(out / "Original" / f"{ref}.png")
+        for v in range(1, 7):
+            (out / f"{v:02d}").mkdir(exist_ok=True)
+            Image.fromarray(np.full((8, 8, 3), r * 40 + v, np.uint8)).save(out / f"{v:02d}" / f"{ref}_{v:02d}.png")
+    (out / "manifest.jsonl").write_text("{}\n")
+    ds = dataset_scripts.load("diffiqa", data_dir=out, name="images", cache_dir=tmp_path / "cache", split="full")
+    assert len(ds) == 12
+    rows = sorted((r["group"], r["variant"], r["distorted_name"], r["reference_name"]) for r in ds)
+    assert rows[0] == (refs[0], "01", f"{refs[0]}_01.png", f"{refs[0]}.png")
+    assert {r[1] for r in rows} == {f"{v:02d}" for v in range(1, 7)}
+    first = ds[0]
+    assert np.asarray(first["distorted"]).shape == (8, 8, 3)
+    # a labelled config still requires labels
+    with pytest.raises(Exception, match="labels"):
+        dataset_scripts.load("diffiqa", data_dir=out, name="pairs", cache_dir=tmp_path / "cache2")
