@@ -1,0 +1,335 @@
+"""Regenerate a DiffIQA-style dataset: 6 enhanced variants per reference with the paper's random
+hyper-parameters (spec/enhancer.md §2.3 and §2.6).
+
+Layout written under ``out`` (point ``out`` at ``<dataset>/images`` for the DiffIQA builder)::
+
+    out/Original/{name}.png          the reference (copied; converted to PNG if it was not one)
+    out/{01..06}/{name}_{NN}.png     the enhanced variants
+    out/manifest.jsonl               one JSON record per finished output (per worker when sharded:
+                                     manifest.{rank}-of-{world}.jsonl)
+
+Each variant's choices come from ``random.Random`` seeded by ``(seed, name, variant)``, so they do
+not depend on the order, the sharding or on resuming, and they are recorded in the manifest:
+
+* input: the reference (p 0.5) or its weak degradation (:class:`~pipelines.degradations.WeakDegradation`);
+* x2 bicubic pre-upscale with p ``upscale_prob`` (0.25, as the authors' ``demo.sh``);
+* start: pure noise (p 0.5) or the input latent noised twice;
+* steps U{20..1000} (= the added noise level in latent mode; 1000 runs as 999, see the pipeline);
+* diffusion seed U{0..100}.
+
+Outputs are written atomically (temporary file + rename) and skipped when they exist, so a killed
+run resumes where it stopped. References are split between workers by their position in the sorted
+list (``rank::world``), so workers never write the same file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .degradations import WeakDegradation
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DiffIQASettings",
+    "GenerationReport",
+    "IMAGE_EXTENSIONS",
+    "sample_variant",
+    "list_references",
+    "shard_references",
+    "variant_path",
+    "generate_diffiqa",
+    "read_manifest",
+]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@dataclass
+class DiffIQASettings:
+    """Fixed and random knobs of the generation (defaults: the DiffIQA values)."""
+
+    num_variants: int = 6
+    seed: int = 0
+    degrade_prob: float = 0.5
+    upscale_prob: float = 0.25
+    upscale: float = 2.0
+    noise_start_prob: float = 0.5
+    steps_range: tuple[int, int] = (20, 1000)
+    seed_range: tuple[int, int] = (0, 100)
+    prompt: str = "clean, high-resolution, 8k"
+    negative_prompt: str = "blurry, dotted, noise, raster lines, unclear, lowres, over-smoothed"
+    guidance_scale: float = 7.5
+    conditioning_scale: float = 1.0
+    latent_tiled_size: int = 64
+    latent_tiled_overlap: int = 8
+    process_size: int | None = 512
+
+    def __post_init__(self):
+        if not 1 <= self.num_variants <= 99:
+            raise ValueError("num_variants must be in [1, 99]")
+        lo, hi = self.steps_range
+        if not 1 <= lo <= hi:
+            raise ValueError(f"bad steps_range {self.steps_range}")
+
+
+@dataclass
+class GenerationReport:
+    """What one worker did."""
+
+    written: int = 0
+    skipped: int = 0
+    recovered_records: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (file, message)
+    references: int = 0
+    interrupted: bool = False
+
+
+def sample_variant(name: str, variant: int, settings: DiffIQASettings) -> dict[str, Any]:
+    """The random choices of variant ``variant`` (1-based) of reference ``name``; deterministic.
+
+    Draw order follows the official script: diffusion seed, input source, pre-upscale, start mode
+    and step count.
+    """
+    rng = random.Random(f"diffiqa:{settings.seed}:{name}:{variant}")
+    seed = rng.randint(*settings.seed_range)
+    degraded = rng.random() >= 1 - settings.degrade_prob  # official: GT if random() < 0.5
+    degradation_seed = rng.getrandbits(63)
+    upscaled = rng.random() < settings.upscale_prob
+    noise_start = rng.random() < settings.noise_start_prob
+    steps = rng.randint(*settings.steps_range)
+    return {
+        "seed": seed,
+        "input": "degraded" if degraded else "gt",
+        "degradation_seed": degradation_seed if degraded else None,
+        "upscale": settings.upscale if upscaled else 1.0,
+        "start": "noise" if noise_start else "latent",
+        "num_inference_steps": steps,
+        "added_noise_level": None if noise_start else steps,
+    }
+
+
+def list_references(folder: str | os.PathLike) -> list[Path]:
+    """Image files directly in ``folder``, sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"reference folder not found: {folder}")
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def shard_references(references: Sequence[Path], rank: int, world: int) -> list[Path]:
+    """The references of worker ``rank`` out of ``world`` (every ``world``-th, starting at ``rank``)."""
+    if not 0 <= rank < world:
+        raise ValueError(f"shard index {rank} not in [0, {world})")
+    return list(references[rank::world])
+
+
+def variant_path(out: Path, name: str, variant: int) -> Path:
+    nn = f"{variant:02d}"
+    return Path(out) / nn / f"{name}_{nn}.png"
+
+
+def _manifest_path(out: Path, rank: int, world: int) -> Path:
+    return out / ("manifest.jsonl" if world == 1 else f"manifest.{rank}-of-{world}.jsonl")
+
+
+def read_manifest(out: str | os.PathLike) -> dict[str, dict]:
+    """All manifest records under ``out`` (every worker's file), keyed by output file (relative path);
+    the last record of a file wins. Unreadable lines are skipped."""
+    records: dict[str, dict] = {}
+    for path in sorted(Path(out).glob("manifest*.jsonl")):
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue  # a line cut by a crash
+                if isinstance(rec, dict) and "file" in rec:
+                    records[rec["file"]] = rec
+    return records
+
+
+def _save_png_atomic(image: Image.Image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def _copy_reference(src: Path, image: Image.Image, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    if src.suffix.lower() == ".png":
+        shutil.copyfile(src, tmp)
+    else:
+        image.save(tmp, format="PNG")
+    os.replace(tmp, dst)
+
+
+def _to_tensor(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+
+def _to_pil(x: torch.Tensor) -> Image.Image:
+    arr = (x.clamp(0, 1) * 255.0).round().to(torch.uint8)
+    return Image.fromarray(arr.squeeze(0).permute(1, 2, 0).cpu().numpy())
+
+
+def prepare_input(reference: Image.Image, choice: dict, degradation: WeakDegradation) -> Image.Image:
+    """The image fed to the enhancer for one variant: the reference or its weak degradation, then the
+    optional bicubic pre-upscale."""
+    image = reference
+    if choice["input"] == "degraded":
+        rng = np.random.default_rng(choice["degradation_seed"])
+        result = degradation(_to_tensor(reference), rng, augment=False)
+        choice["degradation"] = result.params
+        image = _to_pil(result.lq)
+    if choice["upscale"] != 1.0:
+        w, h = image.size
+        image = image.resize((round(w * choice["upscale"]), round(h * choice["upscale"])), Image.BICUBIC)
+    return image
+
+
+def generate_diffiqa(
+    pipe,
+    references: Iterable[str | os.PathLike],
+    out: str | os.PathLike,
+    settings: DiffIQASettings | None = None,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    load_image: Callable[[Path], Image.Image] | None = None,
+    progress: bool = True,
+    max_outputs: int | None = None,
+) -> GenerationReport:
+    """Generate this worker's share of the dataset; see the module docstring.
+
+    Args:
+        pipe: an :class:`~pipelines.EnhancerPipeline` (any device/dtype).
+        references: reference image files (all workers must pass the same list).
+        out: output folder.
+        rank, world: this worker's shard.
+        load_image: reader returning an RGB PIL image (default: the project's
+            ``modeling_afine.image_io.load_image``).
+        max_outputs: stop after writing this many variants (for tests / time-boxed jobs).
+    """
+    from tqdm.auto import tqdm
+
+    settings = settings or DiffIQASettings()
+    if load_image is None:
+        from modeling_afine.image_io import load_image as _load
+
+        load_image = _load
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    refs = shard_references(sorted(Path(r) for r in references), rank, world)
+    names = [r.stem for r in refs]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise ValueError(f"several references share the name(s) {sorted(dupes)[:5]}: outputs would collide")
+    underscored = [n for n in names if "_" in n]
+    if underscored:
+        logger.warning(
+            "%d reference name(s) contain '_' (e.g. %s); DiffIQA tools split '{ref}_{NN}' at underscores",
+            len(underscored), underscored[0],
+        )
+    report = GenerationReport(references=len(refs))
+    done = read_manifest(out)
+    manifest = open(_manifest_path(out, rank, world), "a", encoding="utf-8")
+    degradation = WeakDegradation()
+    device = pipe._execution_device
+    common = {
+        "prompt": settings.prompt, "negative_prompt": settings.negative_prompt,
+        "guidance_scale": settings.guidance_scale, "conditioning_scale": settings.conditioning_scale,
+    }
+
+    def record(rec: dict) -> None:
+        manifest.write(json.dumps(rec, sort_keys=True) + "\n")
+        manifest.flush()
+
+    bar = tqdm(total=len(refs) * settings.num_variants, desc=f"DiffIQA worker {rank}/{world}", disable=not progress, unit="img")
+    try:
+        for ref in refs:
+            name = ref.stem
+            todo = []
+            for v in range(1, settings.num_variants + 1):
+                path = variant_path(out, name, v)
+                rel = path.relative_to(out).as_posix()
+                if path.is_file():
+                    report.skipped += 1
+                    bar.update()
+                    if rel not in done:  # image written, record lost (killed in between): redo the record
+                        choice = sample_variant(name, v, settings)
+                        record({"file": rel, "reference": f"Original/{name}.png", "name": name, "variant": v,
+                                "settings": choice, **common, "recovered": True, "worker": rank})
+                        report.recovered_records += 1
+                else:
+                    todo.append(v)
+            original = out / "Original" / f"{name}.png"
+            if not todo and original.is_file():
+                continue
+            try:
+                image = load_image(ref)
+            except Exception as err:  # noqa: BLE001 - the loader's error names the file
+                report.failed.append((str(ref), str(err)))
+                logger.error("%s", err)
+                bar.update(len(todo))
+                continue
+            if not original.is_file():
+                _copy_reference(ref, image, original)
+            for v in todo:
+                if max_outputs is not None and report.written >= max_outputs:
+                    report.interrupted = True
+                    return report
+                path = variant_path(out, name, v)
+                choice = sample_variant(name, v, settings)
+                start = time.perf_counter()
+                try:
+                    fed = prepare_input(image, choice, degradation)
+                    gen = torch.Generator(device=device).manual_seed(choice["seed"])
+                    result = pipe(
+                        fed,
+                        num_inference_steps=choice["num_inference_steps"],
+                        init_latent_from_noise=choice["start"] == "noise",
+                        added_noise_level=choice["added_noise_level"],
+                        generator=gen,
+                        latent_tiled_size=settings.latent_tiled_size,
+                        latent_tiled_overlap=settings.latent_tiled_overlap,
+                        process_size=settings.process_size,
+                        output_type="pil",
+                        **common,
+                    ).images[0]
+                    if result.size != image.size:  # undo the pre-upscale (PIL bicubic, as the official script)
+                        result = result.resize(image.size, Image.BICUBIC)
+                    _save_png_atomic(result, path)
+                except Exception as err:  # noqa: BLE001 - report and go on with the next output
+                    report.failed.append((str(path), f"{type(err).__name__}: {err}"))
+                    logger.error("failed to generate %s: %s", path, err)
+                    bar.update()
+                    continue
+                rel = path.relative_to(out).as_posix()
+                record({"file": rel, "reference": f"Original/{name}.png", "name": name, "variant": v,
+                        "settings": choice, **common, "seconds": round(time.perf_counter() - start, 3),
+                        "device": str(device), "worker": rank})
+                report.written += 1
+                bar.update()
+    finally:
+        bar.close()
+        manifest.close()
+    return report
+
+
+def settings_to_dict(settings: DiffIQASettings) -> dict:
+    return asdict(settings)

@@ -1,0 +1,124 @@
+"""``afine enhancer`` command line (pipelines.cli.main) with the tiny saved pipeline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pipelines.cli import main
+
+from .conftest import random_image
+
+
+def test_enhance_writes_outputs_resumes_and_reports_bad_files(tiny_pipe_dir, tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    random_image((40, 32), seed=1).save(src / "a.png")
+    random_image((32, 32), seed=2).save(src / "b.jpg")
+    out = tmp_path / "out"
+    args = ["enhance", str(src), "-o", str(out), "--model", str(tiny_pipe_dir), "--steps", "2", "--process-size", "0"]
+    assert main(args) == 0
+    assert Image.open(out / "a.png").size == (40, 32) and Image.open(out / "b.png").size == (32, 32)
+    stamp = (out / "a.png").stat().st_mtime_ns
+    assert main(args) == 0
+    assert (out / "a.png").stat().st_mtime_ns == stamp
+    assert "skipping 2" in capsys.readouterr().out
+    (src / "c.png").write_bytes(b"broken")
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "c.png" in err and "Traceback" not in err
+
+
+def test_usage_errors_exit_2(tmp_path, capsys):
+    assert main(["enhance", str(tmp_path / "missing.png"), "-o", str(tmp_path), "--model", "x"]) == 2
+    assert "input not found" in capsys.readouterr().err
+    assert main(["enhance"]) == 2
+    assert main(["generate-diffiqa", "--references", str(tmp_path / "none"), "-o", str(tmp_path), "--model", "x"]) == 2
+    assert main(["nonsense"]) == 2
+    assert main(["--help"]) == 0
+
+
+def test_missing_model_is_a_clear_error(tmp_path, capsys):
+    random_image((32, 32)).save(tmp_path / "a.png")
+    code = main(["enhance", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "nomodel")])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "nomodel" in err and "Traceback" not in err
+
+
+def test_generate_diffiqa_sharded_and_resumed(tiny_pipe_dir, tmp_path):
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for i in range(3):
+        random_image((32, 32), seed=i).save(refs / f"r{i}.png")
+    out = tmp_path / "images"
+    base = ["generate-diffiqa", "--references", str(refs), "-o", str(out), "--model", str(tiny_pipe_dir),
+            "--min-steps", "1", "--max-steps", "2", "--process-size", "0", "--num-variants", "2", "--no-progress"]
+    assert main(base + ["--num-shards", "2", "--shard-index", "0", "--max-outputs", "1"]) == 0
+    assert len(list(out.glob("0[12]/*.png"))) == 1
+    assert main(base + ["--num-shards", "2", "--shard-index", "0"]) == 0
+    assert main(base + ["--num-shards", "2", "--shard-index", "1"]) == 0
+    assert len(list(out.glob("0[12]/*.png"))) == 6 and len(list(out.glob("Original/*.png"))) == 3
+    recs = [json.loads(line) for f in out.glob("manifest*.jsonl") for line in f.read_text().splitlines()]
+    assert sorted(r["file"] for r in recs) == sorted({r["file"] for r in recs}) and len(recs) == 6
+    assert main(base + ["--num-shards", "2", "--shard-index", "2"]) == 2
+
+
+def test_select_and_crop(tmp_path):
+    import numpy as np
+
+    src = tmp_path / "full"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(np.repeat(rng.integers(0, 256, (600, 700, 1), dtype=np.uint8), 3, 2)).save(src / "tex.png")
+    Image.new("RGB", (600, 700), (100, 100, 100)).save(src / "flat.png")
+    assert main(["select-references", str(src), "-o", str(tmp_path / "sel")]) == 0
+    assert [p.name for p in (tmp_path / "sel").glob("*.png")] == ["tex.png"]
+    assert main(["crop", str(tmp_path / "sel"), "-o", str(tmp_path / "crops")]) == 0
+    crops = sorted((tmp_path / "crops").glob("*.png"))
+    assert crops and all(p.name.startswith("texx") and Image.open(p).size == (512, 512) for p in crops)
+    assert main(["crop", str(tmp_path / "sel"), "-o", str(tmp_path / "crops")]) == 0  # resumes: nothing new
+    assert sorted((tmp_path / "crops").glob("*.png")) == crops
+
+
+def test_generate_diffiqa_takes_its_shard_from_the_launcher_env(tiny_pipe_dir, tmp_path, monkeypatch):
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for i in range(3):
+        random_image((32, 32), seed=i).save(refs / f"r{i}.png")
+    out = tmp_path / "images"
+    base = ["generate-diffiqa", "--references", str(refs), "-o", str(out), "--model", str(tiny_pipe_dir),
+            "--min-steps", "1", "--max-steps", "1", "--process-size", "0", "--num-variants", "1", "--no-progress"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert main(base) == 0
+    assert sorted(p.name for p in out.glob("01/*.png")) == ["r1_01.png"]
+    assert (out / "manifest.1-of-2.jsonl").is_file()
+
+
+@pytest.mark.slow
+def test_generate_diffiqa_under_torchrun_two_processes(tiny_pipe_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for i in range(3):
+        random_image((32, 32), seed=i).save(refs / f"r{i}.png")
+    out = tmp_path / "images"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "pipelines.cli", "generate-diffiqa", "--references", str(refs), "-o", str(out),
+           "--model", str(tiny_pipe_dir), "--min-steps", "1", "--max-steps", "1", "--process-size", "0",
+           "--num-variants", "2", "--no-progress"]
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    recs = [json.loads(line) for f in sorted(out.glob("manifest*.jsonl")) for line in f.read_text().splitlines()]
+    files = [r["file"] for r in recs]
+    assert len(files) == 6 and len(set(files)) == 6  # every output written exactly once
+    assert {r["worker"] for r in recs} == {0, 1}
