@@ -19,6 +19,9 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("training.cli", "main", "training stages, calibration fits and benchmark evaluation"),
 }
 
+# the setup.cfg extra that brings each subcommand's dependencies
+EXTRAS = {"data": "datasets", "enhancer": "enhancer", "train": "train"}
+
 
 def _usage() -> str:
     lines = ["usage: afine <command> [options]", "", "commands:"]
@@ -48,9 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
+        missing = getattr(exc, "name", None) or str(exc)
+        extra = EXTRAS.get(name, "all")
         print(
-            f"afine {name}: this command needs optional dependencies that are not installed ({exc}).\n"
-            "Install them with: pip install 'afine-hf[all]'",
+            f"afine {name}: this command needs the optional dependency {missing!r}, which is not installed.\n"
+            f"Install it with: pip install 'afine-hf[{extra}]'",
             file=sys.stderr,
         )
         return 2

@@ -169,19 +169,9 @@ class AfineImageProcessor(BaseImageProcessor):
         batch = torch.stack(tensors)
         return stretch_to_multiple(batch, self.size_multiple)
 
-    def __call__(
-        self,
-        distorted: Any = None,
-        reference: Any = None,
-        *,
-        images: Any = None,
-        resize_reference: bool | None = None,
-        return_tensors: str | None = "pt",
-        **kwargs: Any,
-    ) -> BatchFeature:
-        return self.preprocess(
-            distorted, reference, images=images, resize_reference=resize_reference, return_tensors=return_tensors
-        )
+    def __call__(self, *args: Any, **kwargs: Any) -> BatchFeature:
+        """Same as :meth:`preprocess`: ``processor(distorted, reference)``."""
+        return self.preprocess(*args, **kwargs)
 
     def preprocess(
         self,
