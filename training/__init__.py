@@ -6,6 +6,7 @@
 * :mod:`training.calibration` - fits of the 4-parameter logistic calibration constants to MOS.
 * :mod:`training.evaluate` - benchmark evaluation (2AFC accuracy, SRCC/PLCC/KRCC) with a resumable cache.
 * :mod:`training.cli` - the ``afine train`` command.
+* :mod:`training.train_enhancer` - training of the diffusion enhancer (see ``docs/enhancer.md``).
 
 Every A-FINE score is **lower = better**; labels and MOS are higher = better (see ``dataset_scripts.schema``).
 Importing this package is cheap; heavy modules are imported on use.
