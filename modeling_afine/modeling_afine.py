@@ -10,6 +10,7 @@ next to a checkpoint and loaded with ``trust_remote_code=True``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -334,6 +335,13 @@ class AfinePreTrainedModel(PreTrainedModel):
         if isinstance(module, (AfineNaturalnessHead, AfineFidelityHead)):
             _init.copy_(module.mean, torch.tensor(config.image_mean).view(1, 3, 1, 1))
             _init.copy_(module.std, torch.tensor(config.image_std).view(1, 3, 1, 1))
+        if isinstance(module, AfineNaturalnessHead):
+            # The release trains this head from PyTorch's default Linear init, not transformers' normal(0.02);
+            # the head is visited after its Linear children, so this overrides the generic init.
+            for linear in (m for m in module.modules() if isinstance(m, nn.Linear)):
+                _init.kaiming_uniform_(linear.weight, a=math.sqrt(5))
+                bound = 1 / math.sqrt(linear.in_features)
+                _init.uniform_(linear.bias, -bound, bound)
         if isinstance(module, AfineFidelityHead):
             _init.normal_(module.alpha, mean=0.1, std=0.01)
             _init.normal_(module.beta, mean=0.1, std=0.01)

@@ -105,3 +105,23 @@ def test_trust_remote_code_in_fresh_process(converted_dir, tmp_path, model):
     assert res.returncode == 0, res.stderr[-3000:]
     got = json.loads(res.stdout.strip().splitlines()[-1])
     torch.testing.assert_close(torch.tensor(got), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_fresh_heads_use_official_initialisation():
+    """New heads start as in the release: PyTorch's default Linear init, alpha/beta ~ N(0.1, 0.01), the
+    stage-3 calibration start values and k = 5 (what stage-1/2/3 training starts from)."""
+    import math
+
+    vc = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, image_size=64, patch_size=32)
+    model = AfineModel(AfineConfig(vision_config=vc, natural_hidden_dim=8, natural_mlp_dim=16))
+    for linear in (model.natural_head.proj_feat, model.natural_head.proj_head[0], model.natural_head.proj_head[2]):
+        bound = 1 / math.sqrt(linear.in_features)
+        assert linear.weight.abs().max() <= bound and linear.bias.abs().max() <= bound
+        # uniform on [-bound, bound] has std bound/sqrt(3); transformers' normal(0.02) would not
+        if linear.weight.numel() > 100:
+            assert abs(linear.weight.std().item() - bound / math.sqrt(3)) < 0.2 * bound
+    alpha = model.fidelity_head.alpha
+    assert abs(alpha.mean().item() - 0.1) < 0.005 and abs(alpha.std().item() - 0.01) < 0.005
+    assert model.natural_calibration.yita3.item() == torch.tensor(4.9592).item()
+    assert model.fidelity_calibration.yita4.item() == torch.tensor(0.15).item()
+    assert model.adapter.k.item() == 5.0

@@ -61,8 +61,13 @@ def test_two_process_training_stays_in_sync(tmp_path, triplet_txt):
     start = AfineModel.from_pretrained(str(init)).state_dict()
     moved = 0
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
         moved += int(not torch.equal(a[k], start[k]))
+        if k == "natural_head.proj_head.2.bias":
+            # Its true gradient is exactly zero (every loss depends on score differences only), so Adam
+            # normalises pure rounding noise into a step: it cannot agree between the two runs.
+            continue
+        # Adam divides by sqrt(v): float-summation differences of ~1e-7 become ~1e-5 in a 1e-3 step.
+        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=3e-5, msg=k)
     assert moved > 10
     # validation is sharded over the two processes and gathered: the same accuracy as one process
     vals = [[json.loads(x)["val_2afc"] for x in (tmp_path / d / "log.jsonl").read_text().splitlines() if "val_2afc" in x]
