@@ -133,36 +133,40 @@ def score_main(argv: list[str] | None = None) -> int:
 
         bar = tqdm(total=len(todo), unit="img", desc="A-FINE", disable=args.quiet or len(todo) < 2, file=sys.stderr)
         for ref, dis_list in by_ref.items():
-            # Score per shared reference (its encoding is reused); on failure fall back to one by one so a
-            # single bad file does not lose the others.
-            chunks = [dis_list[i : i + args.batch_size] for i in range(0, len(dis_list), args.batch_size)]
-            for chunk in chunks:
-                try:
-                    results = [(d, scorer.score(chunk, ref, resize_reference=args.resize_reference), j) for j, d in enumerate(chunk)]
-                except (ImageLoadError, ValueError, TypeError, OSError):
-                    results = []
-                    for d in chunk:
-                        try:
-                            results.append((d, scorer.score([d], ref, resize_reference=args.resize_reference), 0))
-                        except (ImageLoadError, ValueError, TypeError, OSError) as exc:
-                            failures += 1
-                            print(f"afine score: error: {exc}", file=sys.stderr)
-                            if out_fh:
-                                out_fh.write(json.dumps({"distorted": d, "reference": ref, "error": str(exc)}) + "\n")
-                                out_fh.flush()
-                for d, out, j in results:
-                    rec = {"distorted": d, "reference": ref}
-                    rec.update({k: float(getattr(out, k)[j]) for k in LABELS})
-                    records.append(rec)
+            # One call per reference: it is loaded once and encoded once per image size, results are written
+            # as each batch finishes, and a bad file is reported without stopping the others.
+            try:
+                results = scorer.iter_scores(dis_list, ref, resize_reference=args.resize_reference)
+                for index, result in results:
+                    dis = dis_list[index]
+                    if isinstance(result, Exception):
+                        failures += 1
+                        print(f"afine score: error: {result}", file=sys.stderr)
+                        rec = {"distorted": dis, "reference": ref, "error": str(result)}
+                    else:
+                        rec = {"distorted": dis, "reference": ref}
+                        rec.update({k: float(result[k]) for k in LABELS})
+                        records.append(rec)
                     if out_fh:
                         out_fh.write(json.dumps(rec) + "\n")
                         out_fh.flush()
-                bar.update(len(chunk))
+                    bar.update(1)
+            except (ImageLoadError, ValueError, TypeError, OSError) as exc:  # the reference itself is unusable
+                print(f"afine score: error: {exc}", file=sys.stderr)
+                missing = [d for d in dis_list if not any(r["distorted"] == d and r["reference"] == ref for r in records)]
+                failures += len(missing)
+                for d in missing:
+                    if out_fh:
+                        out_fh.write(json.dumps({"distorted": d, "reference": ref, "error": str(exc)}) + "\n")
+                        out_fh.flush()
+                bar.update(len(missing))
         bar.close()
     finally:
         if out_fh:
             out_fh.close()
 
+    order = {pair: n for n, pair in enumerate(pairs)}
+    records.sort(key=lambda r: order[(r["distorted"], r["reference"])])  # input order, not size-group order
     if args.json:
         print(json.dumps(records, indent=2))
     else:

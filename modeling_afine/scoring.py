@@ -32,6 +32,8 @@ from .modeling_afine import AfineModel, AfineOutput, stretch_to_multiple, target
 DEFAULT_MODEL_ID = os.environ.get("AFINE_DEFAULT_REPO", "chaofengc/IQA-PyTorch-Weights")
 DEFAULT_MODEL_FILENAME = os.environ.get("AFINE_DEFAULT_FILENAME", "afine.pth")
 OUTPUT_FIELDS = ("score", "score_raw", "fidelity", "naturalness_distorted", "naturalness_reference")
+# per-image problems that iter_scores reports instead of stopping
+_INPUT_ERRORS = (ImageLoadError, ValueError, TypeError, OSError)
 
 __all__ = [
     "DEFAULT_MODEL_ID",
@@ -335,6 +337,31 @@ class AfineScorer:
 
         Returns:
             :class:`AfineOutput` on CPU, fields of shape ``(N,)`` in input order, lower is better.
+
+        Raises:
+            ImageLoadError / ValueError: the first image that could not be scored (see :meth:`iter_scores`
+            to score the others anyway).
+        """
+        results: dict[int, dict[str, torch.Tensor]] = {}
+        for index, result in self.iter_scores(distorted, reference, resize_reference=resize_reference):
+            if isinstance(result, Exception):
+                raise result
+            results[index] = result
+        fields = AfineOutput.__dataclass_fields__
+        return AfineOutput(**{f: torch.stack([results[i][f] for i in range(len(results))]) for f in fields})
+
+    def iter_scores(
+        self,
+        distorted: ImageLike | Sequence[ImageLike],
+        reference: ImageLike | Sequence[ImageLike],
+        *,
+        resize_reference: bool = False,
+    ) -> Iterator[tuple[int, dict[str, torch.Tensor] | Exception]]:
+        """Like :meth:`score`, but yields ``(index, fields)`` as each batch finishes, and ``(index, error)``
+        for an image that cannot be scored (unreadable file, size mismatch) instead of stopping.
+
+        A shared reference is loaded once and encoded once per distorted-image size. Results come in
+        size-group order, not input order. An unreadable shared reference raises at once.
         """
         dis_list = list(distorted) if isinstance(distorted, (list, tuple)) else [distorted]
         shared = not isinstance(reference, (list, tuple))
@@ -343,31 +370,51 @@ class AfineScorer:
             raise ValueError("no distorted images given")
         if not shared and len(ref_list) != len(dis_list):
             raise ValueError(f"got {len(dis_list)} distorted images but {len(ref_list)} references")
-        results: dict[int, dict[str, torch.Tensor]] = {}
+        fields = AfineOutput.__dataclass_fields__
         bar = _progress(len(dis_list), self.progress)
         shared_ref = self._load(ref_list[0], _name(ref_list[0], 0, "reference")) if shared else None
-        for group in self._groups(dis_list, "distorted"):
-            size = target_size(*group.size, self.processor.size_multiple)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(dis_list):
+            try:
+                groups.setdefault(_image_size(image, _name(image, i, "distorted")), []).append(i)
+            except _INPUT_ERRORS as exc:
+                bar.update(1)
+                yield i, exc
+        for group_size, indices in groups.items():
+            size = target_size(*group_size, self.processor.size_multiple)
             encoding = None
             if shared:
-                encoding = self._encode_shared(shared_ref, group.size, size, ref_list[0], resize_reference)
-            for batch in self._iter_batches(group.indices):
-                dis = torch.stack([self._load(dis_list[i], _name(dis_list[i], i, "distorted")) for i in batch])
-                dis = stretch_to_multiple(dis, size=size).to(self.device)
-                if shared:
-                    out = self._run(distorted=dis, reference_encoding=encoding)
-                else:
-                    refs = []
-                    for i in batch:
-                        ref = self._load(ref_list[i], _name(ref_list[i], i, "reference"))
-                        self._check_size(ref, group.size, ref_list[i], i, resize_reference)
-                        refs.append(stretch_to_multiple(ref[None], size=size)[0])
-                    out = self._run(distorted=dis, reference=torch.stack(refs).to(self.device))
-                for j, i in enumerate(batch):
-                    results[i] = {f: getattr(out, f)[j].float().cpu() for f in AfineOutput.__dataclass_fields__}
+                try:
+                    encoding = self._encode_shared(shared_ref, group_size, size, ref_list[0], resize_reference)
+                except _INPUT_ERRORS as exc:
+                    for i in indices:
+                        yield i, exc
+                    bar.update(len(indices))
+                    continue
+            for batch in self._iter_batches(indices):
+                ok, dis, refs = [], [], []
+                for i in batch:
+                    try:
+                        d = self._load(dis_list[i], _name(dis_list[i], i, "distorted"))
+                        if not shared:
+                            r = self._load(ref_list[i], _name(ref_list[i], i, "reference"))
+                            self._check_size(r, group_size, ref_list[i], i, resize_reference)
+                            refs.append(stretch_to_multiple(r[None], size=size)[0])
+                    except _INPUT_ERRORS as exc:
+                        yield i, exc
+                        continue
+                    ok.append(i)
+                    dis.append(d)
+                if ok:
+                    x = stretch_to_multiple(torch.stack(dis), size=size).to(self.device)
+                    if shared:
+                        out = self._run(distorted=x, reference_encoding=encoding)
+                    else:
+                        out = self._run(distorted=x, reference=torch.stack(refs).to(self.device))
+                    for j, i in enumerate(ok):
+                        yield i, {f: getattr(out, f)[j].float().cpu() for f in fields}
                 bar.update(len(batch))
         bar.close()
-        return AfineOutput(**{f: torch.stack([results[i][f] for i in range(len(dis_list))]) for f in AfineOutput.__dataclass_fields__})
 
     def _check_size(self, ref: torch.Tensor, size: tuple[int, int], source: ImageLike, index: int, resize: bool) -> None:
         ref_size = tuple(ref.shape[-2:])

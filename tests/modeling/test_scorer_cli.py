@@ -143,3 +143,21 @@ def test_cli_pairs_file_resumes(converted_dir, files, tmp_path, capsys):
     code, stdout, _ = run_inproc(capsys, "score", "--pairs", pairs, "--output", out, "--model", converted_dir, "-q", "--json")
     assert json.loads(stdout) == []  # the two good pairs were skipped, the broken one failed again
     assert code == 1
+
+
+def test_iter_scores_reports_bad_files_and_encodes_reference_once(model, files, monkeypatch):
+    scorer = AfineScorer(model, batch_size=2)
+    calls = []
+    original = model.encode_reference
+    monkeypatch.setattr(model, "encode_reference", lambda x: calls.append(tuple(x.shape)) or original(x))
+    items = [files["dis0"], files["broken"], files["dis1"], files["big_dis"], files["dis0"]]
+    got = dict(scorer.iter_scores(items, files["ref"]))
+    assert sorted(got) == [0, 1, 2, 3, 4]
+    assert isinstance(got[1], Exception) and "broken.png" in str(got[1])
+    assert isinstance(got[3], ValueError) and "same size" in str(got[3])  # big_dis vs the small reference
+    assert len(calls) == 1  # one encoding for the one size group that matches the reference
+    full = scorer.score([files["dis0"], files["dis1"]], files["ref"])
+    assert abs(float(got[0]["score"]) - float(full.score[0])) < 1e-5
+    assert abs(float(got[4]["score"]) - float(full.score[0])) < 1e-5
+    with pytest.raises(Exception, match="broken.png"):
+        scorer.score([files["dis0"], files["broken"]], files["ref"])
