@@ -122,3 +122,32 @@ def test_apps_import_without_launching_and_parse_args():
     args = base_parser("x").parse_args(["--model", "m", "--port", "9999"])
     assert (args.model, args.port, args.share, args.host) == ("m", 9999, False, "127.0.0.1")
     assert callable(d.main) and callable(c.main)
+
+
+def test_parser_defaults_follow_gradio_env(monkeypatch):
+    from spaces.launching import base_parser
+
+    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
+    monkeypatch.delenv("GRADIO_SERVER_PORT", raising=False)
+    monkeypatch.delenv("SYSTEM", raising=False)
+    assert base_parser("x", port=7861).parse_args([]).port == 7861
+    monkeypatch.setenv("SYSTEM", "spaces")
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "7000")
+    args = base_parser("x", port=7861).parse_args([])
+    assert (args.host, args.port) == ("0.0.0.0", 7000)
+
+
+def test_gradio_space_auto_wrap_does_not_break_on_name_clash(monkeypatch, scorer):
+    """gradio does ``import spaces`` and, inside a Space, calls ``spaces.gradio_auto_wrap``: this package must cope."""
+    import gradio.block_function as bf
+
+    import spaces
+    from spaces.app_demo import build_demo
+
+    monkeypatch.setenv("SYSTEM", "spaces")
+    monkeypatch.setenv("SPACE_ID", "someone/afine-demo")
+    if bf.spaces is not spaces:
+        pytest.skip("gradio resolved a different 'spaces' module")
+    demo = build_demo(scorer)  # would raise AttributeError without the shim
+    fns = list(demo.fns.values()) if isinstance(demo.fns, dict) else list(demo.fns)
+    assert any(getattr(f, "api_name", None) == "score" for f in fns)
