@@ -29,10 +29,14 @@ def test_demo_in_browser(scorer, pngs, tmp_path):
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
             try:
                 page = browser.new_page()
-                page.goto(url, wait_until="networkidle", timeout=30000)
+                page.goto(url, wait_until="load", timeout=30000)
+                page.get_by_role("button", name="Score", exact=True).wait_for(timeout=30000)
                 inputs = page.locator("input[type=file]")
-                inputs.nth(0).set_input_files(pngs["strong"])
+                inputs.nth(1).wait_for(state="attached", timeout=30000)
+                # last input first: a filled image component may re-render its own file input
                 inputs.nth(1).set_input_files(pngs["ref"])
+                page.wait_for_timeout(300)
+                inputs.nth(0).set_input_files(pngs["strong"])
                 page.wait_for_timeout(500)
                 page.get_by_role("button", name="Score", exact=True).click()
                 page.get_by_text("A-FINE score:").wait_for(timeout=30000)

@@ -1,0 +1,157 @@
+"""A-FINE A/B comparison Space: which of two candidates (e.g. two super-resolution methods) does A-FINE prefer?
+
+Launch::
+
+    python -m spaces.app_compare --model ./afine-model --port 7861
+
+Upload candidate A, candidate B and the one reference they should both match. The app scores both against
+the reference (the reference is encoded once) and shows
+
+* the verdict: the candidate with the **lower** A-FINE score is preferred (a tie when the scores are equal);
+* both score sets (score 0–100, score_raw, fidelity, naturalness of the candidate and of the reference);
+* the decomposition ``score_raw = λ·N(candidate) + F`` with the adaptive weight λ, and whether the
+  difference comes mostly from fidelity or from naturalness;
+* ``p_a_better``: the Thurstone (Case V) probability Φ((A_B − A_A)/√2) on the raw scores, the pairing rule
+  A-FINE was trained with.
+
+API: ``Client(url).predict(handle_file(a), handle_file(b), handle_file(ref), False, "A", "B",
+api_name="/compare")`` returns ``(verdict_markdown, details_dict)``; ``details_dict`` has ``preferred``
+("A", "B" or "tie"), ``p_a_better``, ``A`` and ``B`` (each the five outputs plus ``adaptive_weight`` and
+``weighted_naturalness`` = λ·N), and ``differences`` (B minus A for score, fidelity, weighted naturalness).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional, Sequence
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from .app_demo import FIELDS, RESIZE_LABEL, _load  # noqa: E402
+from .launching import LOWER_IS_BETTER, base_parser, launch, load_scorer, user_error  # noqa: E402
+
+__all__ = ["compare_pair", "verdict_markdown", "build_compare", "main"]
+
+
+def _phi(x: float) -> float:
+    return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+
+def compare_pair(scorer, candidate_a, candidate_b, reference, resize_reference: bool = False,
+                 name_a: str = "A", name_b: str = "B") -> dict:
+    """Score two candidates against one reference; the lower ``score`` wins.
+
+    Returns ``{"preferred": "A"|"B"|"tie", "preferred_name", "p_a_better", "A": {...}, "B": {...},
+    "differences": {...}, "names": {"A": name_a, "B": name_b}}``. Raises ``ValueError`` for missing images
+    or a size mismatch (each candidate must have the reference's size unless ``resize_reference``).
+    """
+    a = _load(candidate_a, "candidate A")
+    b = _load(candidate_b, "candidate B")
+    ref = _load(reference, "reference")
+    if not resize_reference:
+        for tag, img in (("A", a), ("B", b)):
+            if img.size != ref.size:
+                raise ValueError(
+                    f"Size mismatch: candidate {tag} is {img.size[0]}x{img.size[1]} (WxH) but the reference is "
+                    f"{ref.size[0]}x{ref.size[1]}. A-FINE compares images of the same size; tick "
+                    f"'{RESIZE_LABEL}' to stretch the reference."
+                )
+    out = scorer.score([a, b], [ref, ref], resize_reference=bool(resize_reference))
+    sets = {}
+    for j, tag in enumerate(("A", "B")):
+        v = {f: float(getattr(out, f)[j]) for f in FIELDS}
+        v["adaptive_weight"] = float(out.adaptive_weight[j])
+        v["weighted_naturalness"] = v["adaptive_weight"] * v["naturalness_distorted"]
+        sets[tag] = v
+    sa, sb = sets["A"]["score"], sets["B"]["score"]
+    preferred = "tie" if sa == sb else ("A" if sa < sb else "B")
+    ra, rb = sets["A"]["score_raw"], sets["B"]["score_raw"]
+    diff = rb - ra
+    p_a = _phi(diff / math.sqrt(2.0)) if math.isfinite(diff) else (1.0 if diff > 0 else 0.0)
+    names = {"A": name_a or "A", "B": name_b or "B"}
+    return {
+        "preferred": preferred,
+        "preferred_name": names.get(preferred, "tie"),
+        "p_a_better": p_a,
+        "A": sets["A"],
+        "B": sets["B"],
+        "differences": {
+            "score": sb - sa,
+            "score_raw": diff,
+            "fidelity": sets["B"]["fidelity"] - sets["A"]["fidelity"],
+            "weighted_naturalness": sets["B"]["weighted_naturalness"] - sets["A"]["weighted_naturalness"],
+        },
+        "names": names,
+    }
+
+
+def verdict_markdown(result: dict) -> str:
+    """Human-readable verdict and decomposition table for :func:`compare_pair`'s result."""
+    names = result["names"]
+    d = result["differences"]
+    if result["preferred"] == "tie":
+        head = f"### Tie: {names['A']} and {names['B']} get the same A-FINE score"
+    else:
+        w = result["preferred"]
+        l = "B" if w == "A" else "A"
+        head = (f"### A-FINE prefers **{names[w]}** ({result[w]['score']:.2f} vs {result[l]['score']:.2f}; "
+                f"lower is better)")
+    driver = "fidelity" if abs(d["fidelity"]) >= abs(d["weighted_naturalness"]) else "naturalness"
+    rows = [
+        ("score (0–100)", "score"), ("score_raw A = λ·N + F", "score_raw"), ("fidelity F", "fidelity"),
+        ("naturalness N (candidate)", "naturalness_distorted"), ("naturalness N (reference)", "naturalness_reference"),
+        ("adaptive weight λ", "adaptive_weight"), ("λ·N (candidate)", "weighted_naturalness"),
+    ]
+    table = [f"| | {names['A']} (A) | {names['B']} (B) |", "|---|---|---|"]
+    table += [f"| {label} | {result['A'][k]:.4f} | {result['B'][k]:.4f} |" for label, k in rows]
+    return (
+        f"{head}\n\nP(A better) by Thurstone on the raw scores: {result['p_a_better']:.3f}. "
+        f"The difference in raw score comes mostly from **{driver}** "
+        f"(ΔF = {d['fidelity']:+.4f}, Δ(λ·N) = {d['weighted_naturalness']:+.4f}, B minus A).\n\n"
+        + "\n".join(table) + "\n\n" + LOWER_IS_BETTER
+    )
+
+
+def build_compare(scorer, *, title: str = "A-FINE A/B comparison (lower is better)"):
+    """Build (do not launch) the comparison ``gr.Blocks`` around an already loaded ``AfineScorer``."""
+    import gradio as gr
+
+    def _compare(a, b, ref, resize, name_a, name_b):
+        try:
+            result = compare_pair(scorer, a, b, ref, resize, name_a, name_b)
+        except (ValueError, OSError) as exc:
+            raise user_error(exc) from exc
+        return verdict_markdown(result), result
+
+    with gr.Blocks(title=title) as demo:
+        gr.Markdown(
+            f"# {title}\n\nUpload two candidate outputs (for example two super-resolution methods) and the "
+            "reference they should match. A-FINE scores each candidate against the reference; the **lower** "
+            "score wins.\n\n" + LOWER_IS_BETTER
+        )
+        with gr.Row():
+            a = gr.Image(type="filepath", label="Candidate A")
+            b = gr.Image(type="filepath", label="Candidate B")
+            ref = gr.Image(type="filepath", label="Reference")
+        with gr.Row():
+            name_a = gr.Textbox(value="A", label="Name of A")
+            name_b = gr.Textbox(value="B", label="Name of B")
+            resize = gr.Checkbox(value=False, label=RESIZE_LABEL)
+        button = gr.Button("Compare", variant="primary")
+        verdict = gr.Markdown()
+        details = gr.JSON(label="Details")
+        button.click(_compare, inputs=[a, b, ref, resize, name_a, name_b], outputs=[verdict, details],
+                     api_name="compare")
+    return demo
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """``python -m spaces.app_compare [--model M] [--device D] [--port P] [--share]``."""
+    parser = base_parser("A-FINE A/B comparison of two candidates against one reference; lower is better.", port=7861)
+    args = parser.parse_args(argv)
+    launch(build_compare(load_scorer(args)), args)
+
+
+if __name__ == "__main__":
+    main()

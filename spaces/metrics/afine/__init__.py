@@ -1,0 +1,1 @@
+"""The A-FINE ``evaluate`` metric: ``afine.py`` (what ``evaluate.load`` reads) and its card ``README.md``."""
