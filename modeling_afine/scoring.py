@@ -17,7 +17,7 @@ import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 from urllib.parse import urlparse
 
 import numpy as np
@@ -31,7 +31,6 @@ from .modeling_afine import AfineModel, AfineOutput, stretch_to_multiple, target
 #: Hub repository holding a copy of the official ``afine.pth`` (the PyIQA weights mirror).
 DEFAULT_MODEL_ID = os.environ.get("AFINE_DEFAULT_REPO", "chaofengc/IQA-PyTorch-Weights")
 DEFAULT_MODEL_FILENAME = os.environ.get("AFINE_DEFAULT_FILENAME", "afine.pth")
-OUTPUT_FIELDS = ("score", "score_raw", "fidelity", "naturalness_distorted", "naturalness_reference")
 # per-image problems that iter_scores reports instead of stopping
 _INPUT_ERRORS = (ImageLoadError, ValueError, TypeError, OSError)
 
