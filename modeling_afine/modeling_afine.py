@@ -235,9 +235,12 @@ class AfineAdapter(nn.Module):
         super().__init__()
         self.k = nn.Parameter(torch.tensor(config.adapter_k_init))
 
+    def weight(self, natural_dis: torch.Tensor, natural_ref: torch.Tensor) -> torch.Tensor:
+        """The adaptive weight lambda = exp(softplus(k) * (N_ref - N_dis)) > 0."""
+        return torch.exp(F.softplus(self.k) * (natural_ref - natural_dis))
+
     def forward(self, natural_dis: torch.Tensor, natural_ref: torch.Tensor, fidelity: torch.Tensor) -> torch.Tensor:
-        k = F.softplus(self.k)
-        return torch.exp(k * (natural_ref - natural_dis)) * natural_dis + fidelity
+        return self.weight(natural_dis, natural_ref) * natural_dis + fidelity
 
 
 # --------------------------------------------------------------------------------------------------
@@ -504,8 +507,8 @@ class AfineModel(AfinePreTrainedModel):
             fidelity = self.fidelity_calibration(fidelity_raw)
             natural_ref = natural_ref.expand(batch)
             natural_ref_raw = natural_ref_raw.expand(batch)
-            weight = torch.exp(F.softplus(self.adapter.k) * (natural_ref - natural_dis))
-            score_raw = self.adapter(natural_dis, natural_ref, fidelity)
+            weight = self.adapter.weight(natural_dis, natural_ref)
+            score_raw = weight * natural_dis + fidelity  # = self.adapter(natural_dis, natural_ref, fidelity)
             score = self.scale_score(score_raw)
 
         out = AfineOutput(

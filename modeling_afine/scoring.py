@@ -10,12 +10,12 @@ size, batches them, and encodes a shared reference only once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import socket
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 from urllib.parse import urlparse
@@ -254,12 +254,6 @@ def _name(image: ImageLike, index: int, what: str) -> str:
     return str(image) if isinstance(image, (str, os.PathLike)) else f"{what}[{index}]"
 
 
-@dataclass
-class _Group:
-    size: tuple[int, int]
-    indices: list[int]
-
-
 class AfineScorer:
     """Score many images with one model: groups by size, batches, reuses a shared reference encoding.
 
@@ -304,16 +298,30 @@ class AfineScorer:
     def _load(self, image: ImageLike, name: str) -> torch.Tensor:
         return self.processor.normalize_tensor(image_to_tensor(image, name))
 
-    def _groups(self, images: Sequence[ImageLike], what: str) -> list[_Group]:
+    def _group_by_size(
+        self, images: Sequence[ImageLike], what: str
+    ) -> tuple[dict[tuple[int, int], list[int]], list[tuple[int, Exception]]]:
+        """Input indices grouped by (H, W), read from file headers; plus the images whose header failed."""
         groups: dict[tuple[int, int], list[int]] = {}
+        errors: list[tuple[int, Exception]] = []
         for i, image in enumerate(images):
-            groups.setdefault(_image_size(image, _name(image, i, what)), []).append(i)
-        return [_Group(size, idx) for size, idx in groups.items()]
+            try:
+                groups.setdefault(_image_size(image, _name(image, i, what)), []).append(i)
+            except _INPUT_ERRORS as exc:
+                errors.append((i, exc))
+        return groups, errors
+
+    def _inference(self):
+        """inference_mode, plus bf16 autocast of an fp32 backbone on CUDA when ``autocast=True``."""
+        backbone_dtype = self.model.vision_model.embeddings.patch_embedding.weight.dtype
+        enabled = self.autocast and backbone_dtype == torch.float32 and self.device.type == "cuda"
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        stack.enter_context(torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled))
+        return stack
 
     def _run(self, **kwargs: Any) -> AfineOutput:
-        backbone_dtype = self.model.vision_model.embeddings.patch_embedding.weight.dtype
-        use_autocast = self.autocast and backbone_dtype == torch.float32 and self.device.type == "cuda"
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_autocast):
+        with self._inference():
             return self.model(**kwargs)
 
     def _iter_batches(self, indices: list[int]) -> Iterator[list[int]]:
@@ -372,13 +380,10 @@ class AfineScorer:
         fields = AfineOutput.__dataclass_fields__
         bar = _progress(len(dis_list), self.progress)
         shared_ref = self._load(ref_list[0], _name(ref_list[0], 0, "reference")) if shared else None
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, image in enumerate(dis_list):
-            try:
-                groups.setdefault(_image_size(image, _name(image, i, "distorted")), []).append(i)
-            except _INPUT_ERRORS as exc:
-                bar.update(1)
-                yield i, exc
+        groups, errors = self._group_by_size(dis_list, "distorted")
+        for i, exc in errors:
+            bar.update(1)
+            yield i, exc
         for group_size, indices in groups.items():
             size = target_size(*group_size, self.processor.size_multiple)
             encoding = None
@@ -427,9 +432,7 @@ class AfineScorer:
     def _encode_shared(self, ref: torch.Tensor, dis_size, size, source, resize_reference):
         self._check_size(ref, dis_size, source, 0, resize_reference)
         pixels = stretch_to_multiple(ref[None], size=size).to(self.device)
-        backbone_dtype = self.model.vision_model.embeddings.patch_embedding.weight.dtype
-        use_autocast = self.autocast and backbone_dtype == torch.float32 and self.device.type == "cuda"
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_autocast):
+        with self._inference():
             enc = self.model.encode_reference(pixels)
         # The distorted batches are stretched to the target before the model sees them.
         enc.image_size = tuple(size)
@@ -439,11 +442,14 @@ class AfineScorer:
         """Calibrated no-reference naturalness N in (-2, 2) of each image, shape ``(N,)``; lower is better."""
         image_list = list(images) if isinstance(images, (list, tuple)) else [images]
         out: dict[int, torch.Tensor] = {}
-        for group in self._groups(image_list, "images"):
-            for batch in self._iter_batches(group.indices):
+        groups, errors = self._group_by_size(image_list, "images")
+        if errors:
+            raise errors[0][1]
+        for indices in groups.values():
+            for batch in self._iter_batches(indices):
                 x = torch.stack([self._load(image_list[i], _name(image_list[i], i, "images")) for i in batch])
                 x = stretch_to_multiple(x, self.processor.size_multiple).to(self.device)
-                with torch.inference_mode():
+                with self._inference():
                     n = self.model.naturalness(x).naturalness.float().cpu()
                 for j, i in enumerate(batch):
                     out[i] = n[j]
