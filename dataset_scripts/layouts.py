@@ -47,6 +47,8 @@ _SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validati
 
 #: SRIQA-Bench regression-based methods (the rest are generative).
 SRIQA_REGRESSION = ("SwinIR", "RealESRNet")
+#: SRIQA-Bench method categories (names of the ``category`` ClassLabel, in code order).
+SRIQA_CATEGORIES = ("original", "regression", "generative")
 CLASSIC_DATASETS = ("kadid10k", "pipal", "tid2013")
 
 
@@ -165,15 +167,16 @@ def scan_diffiqa_folder(folder: PathLike, report: CheckReport, require_labels: b
     images_dir, labels_dir = folder / "images", _diffiqa_labels_dir(folder)
     if not images_dir.is_dir() and (folder / "Original").is_dir():
         images_dir = folder  # the generator's output tree: {out}/{01..06}, {out}/Original
-    for d in (images_dir, labels_dir) if require_labels else (images_dir,):
-        if not d.is_dir():
-            report.add("layout", d, "folder not found")
+    if not images_dir.is_dir():
+        report.add("layout", images_dir, "folder not found", part="images")
+    if require_labels and not labels_dir.is_dir():
+        report.add("layout", labels_dir, "folder not found", part="labels")
     variants_img = [v for v in _subdirs(images_dir) if v != "Original" and (images_dir is not folder or v.isdigit())]
     annotators = _subdirs(labels_dir)
     variants_lab = sorted({v for a in annotators for v in _subdirs(labels_dir / a)})
     variants = sorted(set(variants_img) | set(variants_lab))
     if images_dir.is_dir() and not (images_dir / "Original").is_dir():
-        report.add("layout", images_dir / "Original", "reference folder not found")
+        report.add("layout", images_dir / "Original", "reference folder not found", part="images")
     variant_images = {v: ImageIndex(images_dir / v) for v in variants}
     originals = ImageIndex(images_dir / "Original")
 
@@ -182,6 +185,7 @@ def scan_diffiqa_folder(folder: PathLike, report: CheckReport, require_labels: b
     n_labels = 0
     entries = [(a, v, entry) for a in annotators for v in _subdirs(labels_dir / a)
                for entry in sorted(os.scandir(labels_dir / a / v), key=lambda e: e.name)]
+    report.current_part = "labels"
     for a, v, entry in _progress(entries, f"reading DiffIQA labels in {folder.name}"):
         if not entry.is_file() or not entry.name.lower().endswith(".json"):
             continue
@@ -206,6 +210,7 @@ def scan_diffiqa_folder(folder: PathLike, report: CheckReport, require_labels: b
             report.add("inconsistent", path, f"picture_Original.Name is {lab.reference_name!r}, expected {ref}.png")
         labels.setdefault(ref, {}).setdefault(v, {})[a] = lab
         label_files[(ref, v, a)] = path
+    report.current_part = ""
 
     refs = set(labels) | set(originals.by_stem)
     for v, idx in variant_images.items():
@@ -215,19 +220,22 @@ def scan_diffiqa_folder(folder: PathLike, report: CheckReport, require_labels: b
     references = sorted(refs)
     for ref in references:
         if originals.find_stem(ref) is None:
-            report.add("missing_image", images_dir / "Original" / f"{ref}.png", f"reference of group {ref} not found")
+            report.add("missing_image", images_dir / "Original" / f"{ref}.png", f"reference of group {ref} not found",
+                       part="images")
         missing_imgs = [v for v in variants if variant_images[v].find_stem(f"{ref}_{v}") is None]
         for v in missing_imgs:
-            report.add("missing_image", images_dir / v / f"{ref}_{v}.png", f"enhanced image {v} of group {ref} not found")
+            report.add("missing_image", images_dir / v / f"{ref}_{v}.png", f"enhanced image {v} of group {ref} not found",
+                       part="images")
         if missing_imgs and variants:
-            report.add("wrong_count", images_dir, f"group {ref} has {len(variants) - len(missing_imgs)} enhanced images, expected {len(variants)}")
+            report.add("wrong_count", images_dir, f"group {ref} has {len(variants) - len(missing_imgs)} enhanced images, "
+                       f"expected {len(variants)}", part="images")
         for a in annotators:
             missing = [v for v in variants if v not in labels.get(ref, {}) or a not in labels[ref][v]]
             # a file that exists but failed to parse is reported already; count only absent files
             absent = [v for v in missing if not (labels_dir / a / v / f"{ref}_{v}.json").is_file()]
             if absent:
                 report.add("wrong_count", labels_dir / a, f"group {ref}: annotator {a} has no label for variant(s) {', '.join(absent)} "
-                           f"(expected {len(variants)} labels)")
+                           f"(expected {len(variants)} labels)", part="labels")
     report.stats["groups"] = report.stats.get("groups", 0) + len(references)
     report.stats["label files"] = report.stats.get("label files", 0) + n_labels
     return DiffIQAScan(folder, images_dir, labels_dir, variants, annotators, references, labels, label_files,
@@ -284,6 +292,7 @@ def scan_sriqa(root: PathLike, report: CheckReport) -> SRIQAScan:
     (``images/SwinIR/`` as in the README, ``images/SwinIRx4/`` as the official loader expects)."""
     root = Path(root)
     images_dir = root / "images"
+    report.current_part = "images"
     if not images_dir.is_dir():
         report.add("layout", images_dir, "folder not found")
     images: dict[str, Path] = {}
@@ -312,10 +321,12 @@ def scan_sriqa(root: PathLike, report: CheckReport) -> SRIQAScan:
         if "Original" not in methods:
             report.add("missing_image", images_dir / "Original" / f"{g}_Original.png", f"group {g} has no Original")
 
-    # images named by MOS or label files but absent: reported once per image, not once per file
-    referenced: dict[str, list[Path]] = {}
+
+    # images named by MOS or label files but absent: reported once per image and part, not once per file
+    referenced: dict[str, list[tuple[Path, str]]] = {}
     mos: dict = {}
     for folder in MOS_FOLDERS:
+        report.current_part = folder
         d = root / folder
         if not d.is_dir():
             if folder == "MOS":
@@ -330,7 +341,7 @@ def scan_sriqa(root: PathLike, report: CheckReport) -> SRIQAScan:
                 continue
             for name, _ in rows:
                 if name not in images:
-                    referenced.setdefault(name, []).append(f)
+                    referenced.setdefault(name, []).append((f, folder))
                 elif sriqa_method(name)[0] != f.stem:
                     report.add("inconsistent", f, f"{name} belongs to group {sriqa_method(name)[0]}, not {f.stem}")
             dup = [n for n, c in Counter(n for n, _ in rows).items() if c > 1]
@@ -344,6 +355,7 @@ def scan_sriqa(root: PathLike, report: CheckReport) -> SRIQAScan:
                 if len(rows) != expected:
                     report.add("wrong_count", d / f"{g}.txt", f"{len(rows)} MOS lines, expected {expected}")
         mos[folder] = table
+    report.current_part = "labels"
 
     labels_dir = root / "labels"
     annotators = _subdirs(labels_dir)
@@ -379,7 +391,7 @@ def scan_sriqa(root: PathLike, report: CheckReport) -> SRIQAScan:
                 bad = False
                 for nm in (lab.name1, lab.name2):
                     if nm not in images:
-                        referenced.setdefault(nm, []).append(f)
+                        referenced.setdefault(nm, []).append((f, "labels"))
                         bad = True
                     elif sriqa_method(nm)[0] != g:
                         report.add("inconsistent", f, f"{nm} does not belong to group {g}")
@@ -404,23 +416,27 @@ def scan_sriqa(root: PathLike, report: CheckReport) -> SRIQAScan:
     for g, token in pending_missing:
         if f"{g}_{token}" not in named:
             folder = images_dir / (token if (images_dir / token).is_dir() else sriqa_method(f"{g}_{token}.png")[2])
-            report.add("missing_image", folder / f"{g}_{token}.png", f"group {g} has no image of {token}")
-    for name, files in sorted(referenced.items()):
+            report.add("missing_image", folder / f"{g}_{token}.png", f"group {g} has no image of {token}", part="images")
+    for name, uses in sorted(referenced.items()):
         try:
             g, token, method = sriqa_method(name)
         except ValueError:
             g = token = method = ""
+        parts = ",".join(dict.fromkeys(p for _, p in uses))
+        files = [f for f, _ in uses]
         if g in groups and token in methods:
-            # already reported as absent from its group; add where it is needed
+            # already absent from its group; reported where it is needed, for the views that read those files
             where = f"{images_dir / (method if (images_dir / method).is_dir() else token) / name}"
-            report.add("missing_image", where, f"named by {len(files)} MOS/label file(s), e.g. {files[0]}")
+            report.add("missing_image", where, f"named by {len(files)} MOS/label file(s), e.g. {files[0]}", part=parts)
             continue
-        report.add("missing_image", files[0], f"{name} is named by {len(files)} MOS/label file(s) but not found under images/")
+        report.add("missing_image", files[0], f"{name} is named by {len(files)} MOS/label file(s) but not found under "
+                   "images/", part=parts)
     if annotators:
         for g in groups:
             missing = [a for a in annotators if not (labels_dir / a / g).is_dir()]
             if missing:
                 report.add("wrong_count", labels_dir, f"group {g} has no labels from annotator(s) {', '.join(missing)}")
+    report.current_part = ""
     report.stats["groups"] = len(groups)
     report.stats["images"] = len(images)
     report.stats["label files"] = len(labels)
@@ -456,6 +472,8 @@ def scan_classic(root: PathLike, dataset: str, report: CheckReport) -> ClassicSc
     triplet_files: dict = {}
     ref_split: dict[str, str] = {}
     counts: dict[Path, int] = {}
+    listed_in: dict[str, list[Path]] = {}
+    by_file: dict[Path, list[MosRecord]] = {}
     for folder, split in SPLIT_FOLDERS.items():
         d = root / folder / "MOS"
         if not d.is_dir():
@@ -470,6 +488,12 @@ def scan_classic(root: PathLike, dataset: str, report: CheckReport) -> ClassicSc
             refs = {r.reference_name for r in rows}
             if len(refs) > 1:
                 report.add("inconsistent", f, f"lists several references: {', '.join(sorted(refs))}")
+            elif refs and os.path.splitext(next(iter(refs)))[0].lower() != f.stem.lower():
+                ref = next(iter(refs))
+                report.add("inconsistent", f, f"file name does not match its reference {ref} (expected "
+                           f"{os.path.splitext(ref)[0]}.txt; a stray copy?)")
+            for r in rows:
+                listed_in.setdefault(r.image_name.lower(), []).append(f)
             for r in rows:
                 if images.find(r.image_name) is None:
                     report.add("missing_image", f, f"{r.image_name} is listed but not found in {root / 'images'}")
@@ -483,6 +507,7 @@ def scan_classic(root: PathLike, dataset: str, report: CheckReport) -> ClassicSc
             if dup:
                 report.add("malformed_label", f, f"listed more than once: {', '.join(dup)}")
             counts[f] = len(rows)
+            by_file[f] = rows
             recs += rows
         records[split] = recs
         tf = root / folder / "Triplet" / "Triplet.txt"
@@ -490,6 +515,20 @@ def scan_classic(root: PathLike, dataset: str, report: CheckReport) -> ClassicSc
             triplet_files[split] = tf
     if not records:
         report.add("layout", root, "no {Train,Validation,Test}/MOS/ folders found")
+    # an image listed in two MOS files (e.g. "A0024 - Copy.txt" beside "A0024.txt") would be loaded twice
+    shared: "OrderedDict[tuple[Path, ...], list[str]]" = OrderedDict()
+    for name, files in listed_in.items():
+        distinct = tuple(dict.fromkeys(files))
+        if len(distinct) > 1:
+            shared.setdefault(distinct, []).append(name)
+    for files, names in shared.items():
+        # blame the file whose name does not match its reference (the stray copy), else the last one
+        ref_stems = {f: {os.path.splitext(r.reference_name)[0].lower() for r in by_file[f]} for f in files}
+        blamed = next((f for f in files if ref_stems[f] != {f.stem.lower()}), files[-1])
+        others = ", ".join(str(f) for f in files if f != blamed)
+        example = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        report.add("inconsistent", blamed, f"{len(names)} image(s) also listed in {others} ({example}); "
+                   "each image must be listed in one MOS file")
     if counts:
         expected = Counter(counts.values()).most_common(1)[0][0]
         for f, c in counts.items():
@@ -563,6 +602,7 @@ __all__ = [
     "detect_dataset",
     "SPLIT_FOLDERS",
     "SRIQA_REGRESSION",
+    "SRIQA_CATEGORIES",
     "CLASSIC_DATASETS",
     "MOS_FOLDERS",
 ]

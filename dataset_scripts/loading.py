@@ -9,8 +9,7 @@ from typing import Optional, Union
 import datasets
 
 from .builders import BUILDERS
-from .builders.base import BUILDER_VERSION, fingerprint_files
-from .layouts import SPLIT_FOLDERS, diffiqa_labels_dir, diffiqa_split_folders
+from .builders.base import BUILDER_VERSION
 
 __all__ = ["load", "get_builder", "config_names", "DATASET_NAMES", "normalize_dataset_name"]
 
@@ -51,17 +50,6 @@ def _config_name(dataset: str, name: Optional[str]) -> str:
     raise ValueError(f"unknown config {name!r} for {dataset}; expected one of {', '.join(names)}")
 
 
-def _fingerprint(dataset: str, root: Path) -> str:
-    if dataset == "diffiqa":
-        folders = list(diffiqa_split_folders(root).values())
-        labels = [diffiqa_labels_dir(f) for f in folders]
-        # an unlabelled generator tree keeps 01..06/ and Original/ directly in the folder
-        return fingerprint_files(labels, [f / "images" if (f / "images").is_dir() else f for f in folders])
-    if dataset == "sriqa_bench":
-        return fingerprint_files([root / "labels", root / "MOS", root / "MOS_Reg", root / "MOS_Gen"], [root / "images"])
-    return fingerprint_files([root / s for s in SPLIT_FOLDERS], [root / "images"])
-
-
 def get_builder(
     dataset: str,
     data_dir: PathLike,
@@ -83,7 +71,6 @@ def get_builder(
         hash=BUILDER_VERSION.replace(".", "_"),
         data_dir=str(root),
         seed=int(seed),
-        fingerprint=_fingerprint(dataset, root),
     )
 
 
@@ -96,7 +83,10 @@ def load(
     split: Optional[str] = None,
     cache_dir: Optional[PathLike] = None,
     seed: int = 0,
-) -> Union[datasets.Dataset, datasets.DatasetDict]:
+    streaming: bool = False,
+    num_proc: Optional[int] = None,
+    download_mode: Optional[Union[str, "datasets.DownloadMode"]] = None,
+) -> Union[datasets.Dataset, datasets.DatasetDict, datasets.IterableDataset, datasets.IterableDatasetDict]:
     """Load an A-FINE dataset from a folder in its official layout, in one call.
 
     Args:
@@ -104,17 +94,31 @@ def load(
         data_dir: the dataset folder (official layout, see ``docs/datasets.md``).
         name / config: the config (view), e.g. ``"pairs"``; case-insensitive; default per dataset.
         split: a split name (``"train"``, ``"validation"``, ``"test"``, ``"full"``) to get one ``Dataset``;
-            default: a ``DatasetDict`` with every split present.
+            default: a ``DatasetDict`` with every split present. A split folder whose view has no rows (e.g.
+            DiffIQA ``SSY`` in a validation folder without S-S pairs) gives an empty ``Dataset`` with the
+            view's features.
         cache_dir: ``datasets`` cache root (default: the normal HF datasets cache).
         seed: seed of the randomised constructions (classic nlogn triplets).
+        streaming: as in ``datasets.load_dataset``: nothing is prepared or cached; rows are generated from the
+            folder while iterating (an ``IterableDataset`` / ``IterableDatasetDict``).
+        num_proc: processes used to prepare (rows are generated per group of references in parallel; the
+            order of the rows is the same as with one process).
+        download_mode: as in ``datasets.load_dataset``; ``"force_redownload"`` prepares the cache again
+            even if it looks current (e.g. after rewriting a label JSON in place, which the folder
+            fingerprint does not notice).
 
     The dataset is prepared into the cache once; later calls with the same folder, config and seed reuse
-    it. The cache key includes a fingerprint of the label/MOS files and image file names, so an edited
-    folder is prepared again. Raises :class:`~dataset_scripts.problems.DatasetCheckError` listing every
-    problem found in the folder.
+    it, and a cache prepared from an older state of the folder is prepared again in place (the folder
+    fingerprint: file names, folder mtimes, MOS/triplet text files; see
+    :func:`dataset_scripts.builders.base.fingerprint_files`). Raises
+    :class:`~dataset_scripts.problems.DatasetCheckError` listing every problem the view depends on; problems
+    in parts of the folder the view does not read are warned about
+    (:class:`~dataset_scripts.problems.DatasetProblemWarning`).
     """
     if name is not None and config is not None and name != config:
         raise ValueError("pass the config as name= or config=, not both")
     builder = get_builder(dataset, data_dir, name or config, cache_dir=cache_dir, seed=seed)
-    builder.download_and_prepare()
+    if streaming:
+        return builder.as_streaming_dataset(split=split)
+    builder.download_and_prepare(download_mode=download_mode, num_proc=num_proc)
     return builder.as_dataset(split=split)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterable, Optional
 
-__all__ = ["Problem", "CheckReport", "DatasetCheckError", "PROBLEM_KINDS"]
+__all__ = ["Problem", "CheckReport", "DatasetCheckError", "DatasetProblemWarning", "PROBLEM_KINDS"]
 
 #: Kinds of problem the checker reports.
 PROBLEM_KINDS: dict[str, str] = {
@@ -23,11 +23,17 @@ PROBLEM_KINDS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class Problem:
-    """One defect: ``kind`` (see :data:`PROBLEM_KINDS`), the file or folder ``path``, and a message."""
+    """One defect: ``kind`` (see :data:`PROBLEM_KINDS`), the file or folder ``path``, and a message.
+
+    ``part`` names the part(s) of the dataset the defect concerns, comma-separated (e.g. ``labels``,
+    ``MOS,labels``, ``images``; empty when it concerns everything), so a builder can still prepare the views
+    that read none of them.
+    """
 
     kind: str
     path: str
     message: str
+    part: str = field(default="", compare=False)
 
     def __str__(self) -> str:
         return f"[{self.kind}] {self.path}: {self.message}"
@@ -41,15 +47,26 @@ class CheckReport:
     dataset: str
     problems: list[Problem] = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=dict)
+    #: part recorded on problems added without an explicit ``part`` (set by the scanners per section)
+    current_part: str = field(default="", repr=False)
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
-    def add(self, kind: str, path, message: str) -> None:
+    def add(self, kind: str, path, message: str, part: Optional[str] = None) -> None:
         if kind not in PROBLEM_KINDS:
             raise ValueError(f"unknown problem kind {kind!r}")
-        self.problems.append(Problem(kind, str(path), message))
+        self.problems.append(Problem(kind, str(path), message, self.current_part if part is None else part))
+
+    def split(self, needed: Iterable[str]) -> "tuple[CheckReport, CheckReport]":
+        """``(blocking, other)``: the problems in the ``needed`` parts (or in no particular part), and the rest."""
+        needed = set(needed)
+        blocking = CheckReport(self.root, self.dataset, stats=dict(self.stats))
+        other = CheckReport(self.root, self.dataset, stats=dict(self.stats))
+        for p in self.problems:
+            (blocking if not p.part or needed & set(p.part.split(",")) else other).problems.append(p)
+        return blocking, other
 
     def by_kind(self) -> dict[str, list[Problem]]:
         out: dict[str, list[Problem]] = {}
@@ -79,7 +96,7 @@ class CheckReport:
             "dataset": self.dataset,
             "ok": self.ok,
             "stats": dict(self.stats),
-            "problems": [{"kind": p.kind, "path": p.path, "message": p.message} for p in self.problems],
+            "problems": [{"kind": p.kind, "path": p.path, "message": p.message, "part": p.part} for p in self.problems],
         }
 
 
@@ -89,3 +106,8 @@ class DatasetCheckError(ValueError):
     def __init__(self, report: CheckReport, limit: int = 50):
         self.report = report
         super().__init__("the dataset folder has problems; fix them or run 'afine data check'.\n" + report.format(limit))
+
+
+class DatasetProblemWarning(UserWarning):
+    """Warned by builders when the folder has problems in parts the requested view does not read (the view
+    is still prepared); the message names every such file."""

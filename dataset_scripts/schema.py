@@ -14,6 +14,11 @@ Conventions (read these before using a field):
 * Image columns are :class:`datasets.Image` features; builders yield file paths and ``datasets``
   decodes them to ``PIL.Image`` on access. ``*_name`` columns hold the bare file names as written in the
   official label files (for example ``000006x0y770_01.png``).
+* **Fixed vocabularies are** :class:`datasets.ClassLabel` **features**: ``label`` (and ``label1``/``label2``,
+  ``votes``) with names :data:`LABEL_NAMES` = Negative, Similar, Positive, so the stored integer is the
+  quality rank (0 < 1 < 2, higher = better) and ``g = code / 2``; ``type`` with names :data:`TRIPLET_TYPES`
+  (None where a view has no type). Rows hold the integer; ``ds.features["label"].int2str(code)`` gives the
+  name, and ``str2int`` the code.
 * ``group`` is the reference-image identifier that ties rows together (DiffIQA reference name,
   SRIQA-Bench prefix such as ``online15``, classic-dataset MOS file stem such as ``I01``).
 """
@@ -27,6 +32,10 @@ import datasets
 
 __all__ = [
     "LABELS",
+    "LABEL_NAMES",
+    "TRIPLET_TYPES",
+    "label_feature",
+    "type_feature",
     "LABEL_RANK",
     "LABEL_TO_G",
     "TYPE_LETTER",
@@ -52,6 +61,24 @@ LABEL_TO_G: dict[str, float] = {"Positive": 1.0, "Similar": 0.5, "Negative": 0.0
 #: One-letter codes used in the DiffIQA type names (PSY, PNY, ...). ``Y`` is the reference itself.
 TYPE_LETTER: dict[str, str] = {"Positive": "P", "Similar": "S", "Negative": "N", "Original": "Y"}
 
+#: Class names of the ``label`` ClassLabel, in code order: the code is the quality rank (higher = better),
+#: i.e. ``LABEL_RANK[name] + 1``, and ``LABEL_TO_G[name] == code / 2``.
+LABEL_NAMES: tuple[str, ...] = ("Negative", "Similar", "Positive")
+#: Class names of the triplet ``type`` ClassLabel: the DiffIQA types (training order of the official
+#: ``TripletEachType`` files) and the classic sets' NNY (two distorted images) / NYY (one is the reference).
+TRIPLET_TYPES: tuple[str, ...] = ("PSY", "PNY", "SNY", "SSY", "PYY", "SYY", "NYY", "NNY")
+
+
+def label_feature() -> datasets.ClassLabel:
+    """The ``ClassLabel`` of Positive / Similar / Negative labels (names :data:`LABEL_NAMES`, code = rank)."""
+    return datasets.ClassLabel(names=list(LABEL_NAMES))
+
+
+def type_feature() -> datasets.ClassLabel:
+    """The ``ClassLabel`` of triplet types (names :data:`TRIPLET_TYPES`)."""
+    return datasets.ClassLabel(names=list(TRIPLET_TYPES))
+
+
 _STR = datasets.Value("string")
 _F32 = datasets.Value("float32")
 
@@ -62,8 +89,8 @@ PAIR_COLUMNS: dict[str, datasets.features.features.FeatureType] = {
     "reference": datasets.Image(),
     "distorted_name": _STR,
     "reference_name": _STR,
-    # Positive / Similar / Negative: distorted compared with its reference (quality, higher = better).
-    "label": _STR,
+    # ClassLabel Negative 0 / Similar 1 / Positive 2: distorted compared with its reference (higher = better).
+    "label": label_feature(),
     # P(distorted better than reference) in [0, 1]: Positive 1, Similar 0.5, Negative 0.
     "g": _F32,
 }
@@ -82,8 +109,9 @@ TRIPLET_COLUMNS: dict[str, datasets.features.features.FeatureType] = {
     "g12": _F32,
     "g1ref": _F32,
     "g2ref": _F32,
-    # DiffIQA type such as "PSY" (letters in P, S, N, Y order), "NNY"/"NYY" for classic sets, "" if none.
-    "type": _STR,
+    # ClassLabel of TRIPLET_TYPES: DiffIQA type such as "PSY" (letters in P, S, N, Y order), "NNY"/"NYY" for
+    # the classic sets; None where the view has no type (SRIQA-Bench).
+    "type": type_feature(),
 }
 
 #: Core columns of a MOS-table record (one image with its mean opinion score, higher = better).

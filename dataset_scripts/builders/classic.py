@@ -15,13 +15,15 @@ Configs:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import datasets
 
-from ..layouts import read_shipped_triplets, scan_classic
+from ..layouts import SPLIT_FOLDERS, read_shipped_triplets, scan_classic
 from ..pairing import nlogn_triplets
 from ..problems import CheckReport
 from ..schema import mos_features, triplet_features
-from .base import BUILDER_VERSION, AfineDataConfig, raise_if_problems, require_data_dir
+from .base import BUILDER_VERSION, AfineBuilder, AfineDataConfig, raise_if_problems, require_data_dir, shards_of
 
 _CONFIGS = {
     "mos": "MOS tables per split",
@@ -30,13 +32,15 @@ _CONFIGS = {
 }
 
 
-class _ClassicIQA(datasets.GeneratorBasedBuilder):
+class _ClassicIQA(AfineBuilder):
     DATASET = ""
-    VERSION = datasets.Version(BUILDER_VERSION)
-    BUILDER_CONFIG_CLASS = AfineDataConfig
     BUILDER_CONFIGS = [AfineDataConfig(name=n, version=datasets.Version(BUILDER_VERSION), description=d)
                        for n, d in _CONFIGS.items()]
     DEFAULT_CONFIG_NAME = "mos"
+
+    @classmethod
+    def fingerprint_sources(cls, root: Path) -> tuple[list[Path], list[Path]]:
+        return [root / s for s in SPLIT_FOLDERS], [root / "images"]
 
     def _info(self) -> datasets.DatasetInfo:
         if self.config.name == "mos":
@@ -57,12 +61,23 @@ class _ClassicIQA(datasets.GeneratorBasedBuilder):
                 report.add("layout", root, "no {Train,Validation,Test}/Triplet/Triplet.txt found (config 'triplets_shipped')")
         raise_if_problems(report)
         splits = shipped.keys() if self.config.name == "triplets_shipped" else scan.records.keys()
-        return [datasets.SplitGenerator(name=s, gen_kwargs={"scan": scan, "split": s, "shipped": shipped.get(s)})
-                for s in splits]
+        out = []
+        for s in splits:
+            if s in shipped:  # the authors' file, shared out by row ranges
+                n = len(shipped[s])
+                shards = [(a[0], a[-1] + 1) for a in shards_of(list(range(n)))]
+            else:  # by group: a group's rows (and seeded triplets) do not depend on other groups
+                shards = shards_of(list(dict.fromkeys(r.group for r in scan.records[s])))
+            out.append(datasets.SplitGenerator(name=s, gen_kwargs={"scan": scan, "split": s, "shipped": shipped.get(s),
+                                                                   "shards": shards}))
+        return out
 
-    def _generate_examples(self, scan, split, shipped):
+    def _generate_examples(self, scan, split, shipped, shards):
+        if shipped is None:
+            chunk = {g for c in shards for g in c}
+            records = [r for r in scan.records[split] if r.group in chunk]
         if self.config.name == "mos":
-            for key, r in enumerate(scan.records[split]):
+            for key, r in enumerate(records):
                 yield key, {
                     "group": r.group,
                     "image": str(scan.path(r.image_name)),
@@ -73,7 +88,10 @@ class _ClassicIQA(datasets.GeneratorBasedBuilder):
                     "var": r.extra.get("var"),
                 }
             return
-        trips = shipped if shipped is not None else nlogn_triplets(scan.records[split], seed=self.config.seed)
+        if shipped is not None:
+            trips = [t for a, b in shards for t in shipped[a:b]]
+        else:
+            trips = nlogn_triplets(records, seed=self.config.seed)
         for key, t in enumerate(trips):
             yield key, {
                 "group": t.group,
@@ -86,7 +104,7 @@ class _ClassicIQA(datasets.GeneratorBasedBuilder):
                 "g12": t.g12,
                 "g1ref": t.g1ref,
                 "g2ref": t.g2ref,
-                "type": t.type,
+                "type": t.type or None,
             }
 
 

@@ -16,14 +16,16 @@ Labels: ``label`` compares the enhanced image with the reference (Positive = enh
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import datasets
 
 from ..labels import ALL_TYPES, majority_pairs
-from ..layouts import diffiqa_split_folders, scan_diffiqa_folder
+from ..layouts import diffiqa_labels_dir, diffiqa_split_folders, scan_diffiqa_folder
 from ..pairing import diffiqa_triplets, filter_types
 from ..problems import CheckReport
-from ..schema import LABEL_TO_G, pair_features, triplet_features
-from .base import BUILDER_VERSION, AfineDataConfig, opt_str, raise_if_problems, require_data_dir
+from ..schema import LABEL_TO_G, label_feature, pair_features, triplet_features
+from .base import BUILDER_VERSION, AfineBuilder, AfineDataConfig, opt_str, raise_if_problems, require_data_dir, shards_of
 
 _DESCRIPTIONS = {
     "images": "unlabelled (enhanced, reference) pairs: every enhanced image with its reference, no labels needed",
@@ -42,14 +44,19 @@ def scan_diffiqa(data_dir, report: CheckReport, require_labels: bool = True) -> 
     }
 
 
-class DiffIQA(datasets.GeneratorBasedBuilder):
+class DiffIQA(AfineBuilder):
     """DiffIQA builder; instantiate with ``data_dir=`` (see module doc for the configs)."""
 
-    VERSION = datasets.Version(BUILDER_VERSION)
-    BUILDER_CONFIG_CLASS = AfineDataConfig
     BUILDER_CONFIGS = [AfineDataConfig(name=n, version=datasets.Version(BUILDER_VERSION), description=d)
                        for n, d in _DESCRIPTIONS.items()]
     DEFAULT_CONFIG_NAME = "pairs"
+
+    @classmethod
+    def fingerprint_sources(cls, root: Path) -> tuple[list[Path], list[Path]]:
+        folders = list(diffiqa_split_folders(root).values())
+        # an unlabelled generator tree keeps 01..06/ and Original/ directly in the folder
+        return ([diffiqa_labels_dir(f) for f in folders],
+                [f / "images" if (f / "images").is_dir() else f for f in folders])
 
     def _info(self) -> datasets.DatasetInfo:
         name = self.config.name
@@ -68,7 +75,7 @@ class DiffIQA(datasets.GeneratorBasedBuilder):
         elif name == "pairs":
             features = pair_features({
                 "variant": datasets.Value("string"),
-                "votes": datasets.Sequence(datasets.Value("string")),
+                "votes": datasets.List(label_feature()),
                 "annotators": datasets.Sequence(datasets.Value("string")),
             })
         else:
@@ -79,14 +86,18 @@ class DiffIQA(datasets.GeneratorBasedBuilder):
         root = require_data_dir(self.config, "DiffIQA")
         report = CheckReport(str(root), "diffiqa")
         scans = scan_diffiqa(root, report, require_labels=self.config.name != "images")
-        raise_if_problems(report)
-        return [datasets.SplitGenerator(name=split, gen_kwargs={"scan": scan}) for split, scan in scans.items()]
+        needed = {"images"} if self.config.name == "images" else {"images", "labels"}
+        raise_if_problems(report, needed, view=self.config.name)
+        # shared out by reference: a reference's rows do not depend on the other references
+        return [datasets.SplitGenerator(name=split, gen_kwargs={"scan": scan, "shards": shards_of(scan.references)})
+                for split, scan in scans.items()]
 
-    def _generate_examples(self, scan):
+    def _generate_examples(self, scan, shards):
         name = self.config.name
+        refs = [r for chunk in shards for r in chunk]
         if name == "images":
             key = 0
-            for ref in scan.references:
+            for ref in refs:
                 refp = scan.reference_path(ref)
                 for variant in scan.variants:
                     enh = scan.enhanced_path(ref, variant)
@@ -106,7 +117,7 @@ class DiffIQA(datasets.GeneratorBasedBuilder):
             return
         if name == "annotations":
             key = 0
-            for ref in scan.references:
+            for ref in refs:
                 for variant in sorted(scan.labels.get(ref, {})):
                     for annot in sorted(scan.labels[ref][variant]):
                         lab = scan.labels[ref][variant][annot]
@@ -129,7 +140,7 @@ class DiffIQA(datasets.GeneratorBasedBuilder):
                         }
                         key += 1
             return
-        pairs = _majority(scan)
+        pairs = _majority(scan, refs)
         if name == "pairs":
             for key, p in enumerate(pairs):
                 variant = p.distorted_name.rsplit(".", 1)[0].rsplit("_", 1)[1]
@@ -153,9 +164,9 @@ class DiffIQA(datasets.GeneratorBasedBuilder):
             yield key, _triplet_row(scan, t)
 
 
-def _majority(scan):
-    votes = {ref: {v: {a: lab.label for a, lab in by_a.items()} for v, by_a in by_v.items()}
-             for ref, by_v in scan.labels.items()}
+def _majority(scan, refs):
+    votes = {ref: {v: {a: lab.label for a, lab in by_a.items()} for v, by_a in scan.labels[ref].items()}
+             for ref in refs if ref in scan.labels}
 
     def enhanced_name(ref, variant):
         p = scan.enhanced_path(ref, variant)
@@ -190,5 +201,5 @@ def _triplet_row(scan, t) -> dict:
         "g12": t.g12,
         "g1ref": t.g1ref,
         "g2ref": t.g2ref,
-        "type": t.type,
+        "type": t.type or None,
     }

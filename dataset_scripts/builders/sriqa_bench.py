@@ -14,14 +14,16 @@ Configs:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import datasets
 
 from ..labels import compare_labels
-from ..layouts import MOS_FOLDERS, scan_sriqa, sriqa_category, sriqa_method
+from ..layouts import MOS_FOLDERS, SRIQA_CATEGORIES as CATEGORIES, scan_sriqa, sriqa_category, sriqa_method
 from ..pairing import all_pairs
 from ..problems import CheckReport
-from ..schema import mos_features, triplet_features
-from .base import BUILDER_VERSION, AfineDataConfig, raise_if_problems, require_data_dir
+from ..schema import label_feature, mos_features, triplet_features
+from .base import BUILDER_VERSION, AfineBuilder, AfineDataConfig, raise_if_problems, require_data_dir, shards_of
 
 _CONFIGS = {
     "MOS": "MOS table of all methods (MOS/)",
@@ -35,25 +37,38 @@ _CONFIGS = {
 _PAIRS_FOLDER = {"pairs": "MOS", "pairs_Reg": "MOS_Reg", "pairs_Gen": "MOS_Gen"}
 
 
-class SRIQABench(datasets.GeneratorBasedBuilder):
+def _needed_parts(name: str) -> set[str]:
+    """Parts of the folder a view reads: ``images`` always, plus its MOS folder(s) or ``labels``."""
+    if name in MOS_FOLDERS:
+        return {"images", name}
+    if name in _PAIRS_FOLDER:
+        # the Original's MOS comes from MOS/ when the subset file does not list it
+        return {"images", _PAIRS_FOLDER[name], "MOS"}
+    return {"images", "labels"}
+
+
+class SRIQABench(AfineBuilder):
     """SRIQA-Bench builder; instantiate with ``data_dir=`` (see module doc for the configs)."""
 
-    VERSION = datasets.Version(BUILDER_VERSION)
-    BUILDER_CONFIG_CLASS = AfineDataConfig
     BUILDER_CONFIGS = [AfineDataConfig(name=n, version=datasets.Version(BUILDER_VERSION), description=d)
                        for n, d in _CONFIGS.items()]
     DEFAULT_CONFIG_NAME = "MOS"
+
+    @classmethod
+    def fingerprint_sources(cls, root: Path) -> tuple[list[Path], list[Path]]:
+        return [root / "labels", root / "MOS", root / "MOS_Reg", root / "MOS_Gen"], [root / "images"]
 
     def _info(self) -> datasets.DatasetInfo:
         name = self.config.name
         s = datasets.Value("string")
         if name in MOS_FOLDERS:
-            features = mos_features({"method": s, "method_token": s, "category": s, "is_reference": datasets.Value("bool")})
+            features = mos_features({"method": s, "method_token": s, "category": datasets.ClassLabel(names=list(CATEGORIES)),
+                                     "is_reference": datasets.Value("bool")})
         elif name in _PAIRS_FOLDER:
             features = triplet_features({"method1": s, "method2": s})
         else:
             features = triplet_features({
-                "annotator": s, "label1": s, "label2": s, "start": s, "end": s,
+                "annotator": s, "label1": label_feature(), "label2": label_feature(), "start": s, "end": s,
                 "time_total": datasets.Value("float32"), "label_file": s,
             })
         return datasets.DatasetInfo(description=f"SRIQA-Bench: {_CONFIGS.get(name, name)}", features=features)
@@ -68,14 +83,19 @@ class SRIQABench(datasets.GeneratorBasedBuilder):
             report.add("layout", root / folder, f"folder needed by config {name!r} not found")
         if name == "annotations" and not scan.annotators:
             report.add("layout", root / "labels", "folder needed by config 'annotations' not found")
-        raise_if_problems(report)
-        return [datasets.SplitGenerator(name="test", gen_kwargs={"scan": scan})]
+        raise_if_problems(report, _needed_parts(name), view=name)
+        if folder is not None:
+            shards = shards_of(list(scan.mos[folder]))  # by group
+        else:
+            shards = [(a[0], a[-1] + 1) for a in shards_of(list(range(len(scan.labels))))]
+        return [datasets.SplitGenerator(name="test", gen_kwargs={"scan": scan, "shards": shards})]
 
-    def _generate_examples(self, scan):
+    def _generate_examples(self, scan, shards):
         name = self.config.name
         if name in MOS_FOLDERS:
             key = 0
-            for group, rows in scan.mos[name].items():
+            for group in (g for chunk in shards for g in chunk):
+                rows = scan.mos[name][group]
                 ref = scan.reference_name(group)
                 for img, mos in rows:
                     _, token, method = sriqa_method(img)
@@ -95,7 +115,8 @@ class SRIQABench(datasets.GeneratorBasedBuilder):
         elif name in _PAIRS_FOLDER:
             folder = _PAIRS_FOLDER[name]
             key = 0
-            for group, rows in scan.mos[folder].items():
+            for group in (g for chunk in shards for g in chunk):
+                rows = scan.mos[folder][group]
                 ref = scan.reference_name(group)
                 ref_mos = dict(rows).get(ref)
                 if ref_mos is None:
@@ -112,13 +133,13 @@ class SRIQABench(datasets.GeneratorBasedBuilder):
                         "g12": t.g12,
                         "g1ref": t.g1ref,
                         "g2ref": t.g2ref,
-                        "type": "",
+                        "type": None,
                         "method1": sriqa_method(t.img1_name)[2],
                         "method2": sriqa_method(t.img2_name)[2],
                     }
                     key += 1
         else:
-            for key, (annot, group, path, lab) in enumerate(scan.labels):
+            for key, (annot, group, path, lab) in enumerate(x for a, b in shards for x in scan.labels[a:b]):
                 ref = scan.reference_name(group)
                 yield key, {
                     "group": group,
@@ -131,7 +152,7 @@ class SRIQABench(datasets.GeneratorBasedBuilder):
                     "g12": compare_labels(lab.label1, lab.label2),
                     "g1ref": None,
                     "g2ref": None,
-                    "type": "",
+                    "type": None,
                     "annotator": annot,
                     "label1": lab.label1,
                     "label2": lab.label2,

@@ -46,6 +46,18 @@ def independent_diffiqa(split_folder):
     return pairs, trips
 
 
+def decoded(ds, columns):
+    """Rows of ``columns`` with ClassLabel codes turned back into their names."""
+    out = []
+    for r in ds.select_columns(columns):
+        row = []
+        for c in columns:
+            f = ds.features[c]
+            row.append(f.int2str(r[c]) if isinstance(f, datasets.ClassLabel) and r[c] is not None else r[c])
+        out.append(tuple(row))
+    return out
+
+
 def letters(l1, l2):
     code = {"Positive": "P", "Similar": "S", "Negative": "N", None: "Y"}
     return "".join(sorted(code[l1] + code[l2] + "Y", key="PSNY".index))
@@ -83,8 +95,7 @@ def test_every_config_loads_with_shared_schema(loaded):
 def test_diffiqa_pairs_and_triplets_match_independent_construction(loaded):
     for folder, split in SPLIT.items():
         pairs, trips = independent_diffiqa(folder)
-        got_pairs = loaded["diffiqa"]["pairs"][split].select_columns(["distorted_name", "reference_name", "label"])
-        assert [tuple(r.values()) for r in got_pairs] == pairs
+        assert decoded(loaded["diffiqa"]["pairs"][split], ["distorted_name", "reference_name", "label"]) == pairs
         got = loaded["diffiqa"]["triplets"][split].select_columns(
             ["img1_name", "img2_name", "ref_name", "g12", "g1ref", "g2ref"])
         assert [tuple(r.values()) for r in got] == trips
@@ -94,10 +105,11 @@ def test_diffiqa_votes_and_annotations(loaded):
     ann = loaded["diffiqa"]["annotations"]["validation"]
     assert len(ann) == 6 * 3
     row = [r for r in ann if r["distorted_name"] == "000004x64y64_02.png" and r["annotator"] == "C"][0]
-    assert row["label"] == "Negative" and row["g"] == 0.0 and row["variant"] == "02" and row["time_total"] > 0
+    assert ann.features["label"].int2str(row["label"]) == "Negative" and row["g"] == 0.0 and row["variant"] == "02" and row["time_total"] > 0
     pairs = loaded["diffiqa"]["pairs"]["train"]
     row = [r for r in pairs if r["distorted_name"] == "000002x32y0_05.png"][0]
-    assert row["votes"] == ["Positive", "Negative", "Positive"] and row["label"] == "Positive"
+    assert pairs.features["votes"].feature.int2str(row["votes"]) == ["Positive", "Negative", "Positive"]
+    assert row["votes"] == [2, 0, 2] and row["label"] == 2 and row["g"] == row["label"] / 2  # code = quality rank
     assert row["annotators"] == ["A", "B", "C"]
     # three-way disagreements are absent
     assert "000001x0y0_04.png" not in pairs["distorted_name"]
@@ -121,7 +133,7 @@ def test_sriqa_mos_and_pairs(loaded, sriqa_root):
     mos = loaded["sriqa_bench"]["MOS"]["test"]
     assert len(mos) == 3 * 5
     row = [r for r in mos if r["image_name"] == "online1_SwinIRx4.png"][0]
-    assert row["method"] == "SwinIR" and row["method_token"] == "SwinIRx4" and row["category"] == "regression"
+    assert row["method"] == "SwinIR" and row["method_token"] == "SwinIRx4" and mos.features["category"].int2str(row["category"]) == "regression"
     assert row["reference_name"] == "online1_Original.png"
     # the group where an SR output beats the Original
     grp = {r["image_name"]: r["mos"] for r in mos if r["group"] == "realworld2"}
@@ -146,10 +158,11 @@ def test_sriqa_annotations(loaded, sriqa_root):
     ann = loaded["sriqa_bench"]["annotations"]["test"]
     assert len(ann) == len(truth["labels"]) == 3 * 10 * 5
     want = sorted((a, n1, n2, l1, l2) for a, g, n1, n2, l1, l2 in truth["labels"])
-    got = sorted(zip(ann["annotator"], ann["img1_name"], ann["img2_name"], ann["label1"], ann["label2"]))
+    got = sorted(decoded(ann, ["annotator", "img1_name", "img2_name", "label1", "label2"]))
     assert got == want
     for r in ann.select(range(10)):
-        assert r["g12"] == (1.0 if RANK[r["label1"]] > RANK[r["label2"]] else 0.0 if RANK[r["label1"]] < RANK[r["label2"]] else 0.5)
+        # the ClassLabel code is the quality rank, so g12 compares the codes
+        assert r["g12"] == (1.0 if r["label1"] > r["label2"] else 0.0 if r["label1"] < r["label2"] else 0.5)
         assert r["time_total"] == 3.0
 
 
@@ -262,7 +275,7 @@ def test_diffiqa_unsplit_and_trainlabel_layouts(tmp_path, factories, hf_cache):
     (nested / "Train" / "trainlabel").mkdir()
     (nested / "Train" / "labels").rename(nested / "Train" / "trainlabel" / "labels")
     d = dataset_scripts.load("diffiqa", nested, "pairs", split="train", cache_dir=hf_cache)
-    assert d["label"] == ["Positive", "Negative"]
+    assert [d.features["label"].int2str(x) for x in d["label"]] == ["Positive", "Negative"]
 
 
 def test_classic_shipped_triplets_with_official_png_reference_bug(tmp_path, factories, hf_cache):
