@@ -10,6 +10,7 @@ labels or MOS lines, and images whose size differs from their reference. Builder
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
@@ -98,8 +99,9 @@ def check(
         dataset = detect_dataset(root)
         if dataset is None:
             report = CheckReport(str(root), "unknown")
-            report.add("layout", root, "cannot tell the dataset from the layout; pass the dataset name "
-                                       "(diffiqa, sriqa_bench, kadid10k, pipal, tid2013)")
+            report.add("layout", root, "cannot tell the dataset from the layout (KADID-10k, PIPAL and TID2013 share "
+                                       "one): pass dataset= (afine data check --dataset NAME), one of diffiqa, "
+                                       "sriqa_bench, kadid10k, pipal, tid2013")
             return report
     dataset = normalize_dataset_name(dataset)
     report = CheckReport(str(root), dataset)
@@ -162,3 +164,14 @@ def check(
     return report
 
 
+
+
+class _CallableModule(type(os)):
+    """Importing this submodule rebinds the package attribute ``dataset_scripts.check`` from the function to
+    the module; keep ``dataset_scripts.check(...)`` working by making the module call :func:`check`."""
+
+    def __call__(self, *args, **kwargs) -> CheckReport:
+        return check(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -31,7 +31,13 @@ def _diffiqa_targets(root: Path, out_dir: Optional[str]) -> list[tuple[str, Path
 
 def _cmd_check(a) -> int:
     from .check import check
+    from .layouts import detect_dataset
 
+    root = Path(a.data_dir).expanduser()
+    if a.dataset is None and root.is_dir() and detect_dataset(root) is None:
+        print(f"{PROG} check: cannot tell which dataset {root} holds from its layout (KADID-10k, PIPAL and TID2013 "
+              "share one); name it with --dataset {diffiqa,sriqa_bench,kadid10k,pipal,tid2013}", file=sys.stderr)
+        return 2
     report = check(a.data_dir, a.dataset, decode=not a.no_decode, progress=not a.quiet and not a.json)
     if a.json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -45,8 +51,9 @@ def _cmd_prepare(a) -> int:
 
     names = a.config or config_names(a.dataset)
     for name in names:
-        ds = load(a.dataset, a.data_dir, name, cache_dir=a.cache_dir, seed=a.seed)
-        sizes = ", ".join(f"{k}: {len(v)}" for k, v in ds.items())
+        ds = load(a.dataset, a.data_dir, name, cache_dir=a.cache_dir, seed=a.seed, num_proc=a.num_proc,
+                  download_mode="force_redownload" if a.force else None)
+        sizes = ", ".join(f"{k}: {len(v)}" for k, v in ds.items()) or "no splits"
         print(f"{a.dataset}/{name}: {sizes}")
     return 0
 
@@ -144,10 +151,13 @@ def _cmd_export(a) -> int:
     from .export import export_views
 
     written = export_views(a.dataset, a.data_dir, a.out_dir, a.config, cache_dir=a.cache_dir, seed=a.seed,
-                           max_rows_per_shard=a.max_rows_per_shard)
+                           max_rows_per_shard=a.max_rows_per_shard, embed_images=not a.no_embed_images,
+                           num_proc=a.num_proc)
     for name, paths in written.items():
         print(f"{name}: {len(paths)} parquet file(s)")
-    print(f"README.md with the configs -> {Path(a.out_dir) / 'README.md'}")
+    print(f"dataset card (configs, features) -> {Path(a.out_dir) / 'README.md'}")
+    print(f"load with datasets.load_dataset({str(a.out_dir)!r}, CONFIG); share with: "
+          f"hf upload ORG/NAME {a.out_dir} --repo-type dataset")
     return 0
 
 
@@ -172,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", action="append", help="config to prepare (repeatable; default all)")
     s.add_argument("--cache-dir")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--num-proc", type=int, default=None, help="processes used to prepare")
+    s.add_argument("--force", action="store_true", help="prepare again even if the cache looks current "
+                   "(e.g. after rewriting a label JSON in place)")
     s.set_defaults(func=_cmd_prepare)
 
     s = sub.add_parser("majority", help="DiffIQA majority labels -> {split}/majority.txt")
@@ -224,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lowercase", action="store_true", help="lower-case names (TID2013)")
     s.set_defaults(func=_cmd_normalize)
 
-    s = sub.add_parser("export", help="export configs to Parquet with a Hub-ready README.md")
+    s = sub.add_parser("export", help="export configs to Parquet + dataset card (load_dataset / Hub-ready)")
     s.add_argument("dataset", help=datasets_help)
     s.add_argument("data_dir")
     s.add_argument("out_dir")
@@ -232,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache-dir")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--max-rows-per-shard", type=int, default=1000)
+    s.add_argument("--num-proc", type=int, default=None, help="processes used to prepare")
+    s.add_argument("--no-embed-images", action="store_true",
+                   help="keep absolute paths to the local image files instead of embedding the bytes (local use only)")
     s.set_defaults(func=_cmd_export)
     return p
 

@@ -44,6 +44,21 @@ __all__ = [
 PathLike = Union[str, os.PathLike]
 
 
+def _write_atomic(path: PathLike, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``: readers never see a
+    half-written label, and the folder's mtime changes, which the builders' cache fingerprint relies on."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 class LabelFormatError(ValueError):
     """A label, MOS or triplet file is malformed. ``path`` names the file; the message says what is wrong."""
 
@@ -151,9 +166,7 @@ def write_diffiqa_label(
         "picture_Original": {"Name": reference_name, "File": "Original", "ImageSize": [], "Label": None},
         "Time_cost": {"Start": start, "End": end, "Total": total},
     }
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=4)
+    _write_atomic(path, json.dumps(data, indent=4))
 
 
 @dataclass(frozen=True)
@@ -196,9 +209,7 @@ def write_sriqa_label(path: PathLike, name1: str, label1: str, name2: str, label
         "Picture_02": {"Name": name2, "Label": label2},
         "Time_cost": {"Start": "2024-10-01 10:00:00", "End": "2024-10-01 10:00:02", "Total": total},
     }
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=4)
+    _write_atomic(path, json.dumps(data, indent=4))
 
 
 def _read_lines(path: PathLike) -> list[tuple[int, str]]:

@@ -133,6 +133,12 @@ class AfineBuilder(datasets.GeneratorBasedBuilder):
                 logger.info("%s: %s changed since its cache was prepared; preparing again", self.dataset_name,
                             self.config.data_dir)
                 download_mode = datasets.DownloadMode.FORCE_REDOWNLOAD
+        if download_mode is not None and datasets.DownloadMode(download_mode) == datasets.DownloadMode.FORCE_REDOWNLOAD:
+            # forget the split sizes read from the old cache: they are what changed
+            info = self._info()
+            info.builder_name, info.dataset_name = self.name, self.dataset_name
+            info.config_name, info.version = self.config.name, self.config.version
+            self.info = info
         super().download_and_prepare(output_dir, *args, download_mode=download_mode, **kwargs)
         if managed:
             self._write_marker()
