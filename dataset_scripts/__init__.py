@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 __all__ = ["load", "check", "get_builder", "config_names", "DATASET_NAMES", "__version__"]
 
-DATASET_NAMES = ("diffiqa", "sriqa_bench", "kadid10k", "pipal", "tid2013")
+from .names import DATASET_NAMES  # noqa: E402
 
 
 def load(*args, **kwargs):

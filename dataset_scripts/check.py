@@ -88,7 +88,7 @@ def check(
             it only existence, labels and counts are checked (what builders do before preparing).
         progress: show tqdm progress bars while decoding.
     """
-    from .loading import normalize_dataset_name
+    from .names import normalize_dataset_name
 
     root = Path(data_dir).expanduser().resolve()
     if not root.is_dir():

@@ -70,7 +70,7 @@ def _cmd_majority(a) -> int:
 
 def _cmd_triplets(a) -> int:
     from .derive import write_classic_triplets, write_diffiqa_triplets
-    from .loading import normalize_dataset_name
+    from .names import normalize_dataset_name
 
     ds = normalize_dataset_name(a.dataset)
     if ds == "diffiqa":

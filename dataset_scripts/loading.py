@@ -10,29 +10,11 @@ import datasets
 
 from .builders import BUILDERS
 from .builders.base import BUILDER_VERSION
+from .names import DATASET_NAMES, normalize_dataset_name
 
 __all__ = ["load", "get_builder", "config_names", "DATASET_NAMES", "normalize_dataset_name"]
 
 PathLike = Union[str, os.PathLike]
-
-_ALIASES = {
-    "diffiqa": "diffiqa", "diff_iqa": "diffiqa",
-    "sriqa_bench": "sriqa_bench", "sriqa-bench": "sriqa_bench", "sriqabench": "sriqa_bench", "sriqa": "sriqa_bench",
-    "kadid10k": "kadid10k", "kadid-10k": "kadid10k", "kadid": "kadid10k", "kadid_10k": "kadid10k",
-    "pipal": "pipal",
-    "tid2013": "tid2013", "tid": "tid2013",
-}
-#: Canonical dataset names accepted by :func:`load`.
-DATASET_NAMES: tuple[str, ...] = tuple(BUILDERS)
-
-
-def normalize_dataset_name(dataset: str) -> str:
-    """Canonical dataset name (``diffiqa``, ``sriqa_bench``, ``kadid10k``, ``pipal``, ``tid2013``) from an alias."""
-    key = dataset.strip().lower()
-    if key not in _ALIASES:
-        raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASET_NAMES)}")
-    return _ALIASES[key]
-
 
 def config_names(dataset: str) -> list[str]:
     """The config names of a dataset, e.g. ``config_names("sriqa_bench")``."""

@@ -26,9 +26,11 @@ Conventions (read these before using a field):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from functools import lru_cache
+from typing import TYPE_CHECKING, Mapping, Optional
 
-import datasets
+if TYPE_CHECKING:
+    import datasets
 
 __all__ = [
     "LABELS",
@@ -69,63 +71,86 @@ LABEL_NAMES: tuple[str, ...] = ("Negative", "Similar", "Positive")
 TRIPLET_TYPES: tuple[str, ...] = ("PSY", "PNY", "SNY", "SSY", "PYY", "SYY", "NYY", "NNY")
 
 
-def label_feature() -> datasets.ClassLabel:
+def label_feature() -> "datasets.ClassLabel":
+    import datasets
+
     """The ``ClassLabel`` of Positive / Similar / Negative labels (names :data:`LABEL_NAMES`, code = rank)."""
     return datasets.ClassLabel(names=list(LABEL_NAMES))
 
 
-def type_feature() -> datasets.ClassLabel:
+def type_feature() -> "datasets.ClassLabel":
+    import datasets
+
     """The ``ClassLabel`` of triplet types (names :data:`TRIPLET_TYPES`)."""
     return datasets.ClassLabel(names=list(TRIPLET_TYPES))
 
 
-_STR = datasets.Value("string")
-_F32 = datasets.Value("float32")
+@lru_cache(maxsize=1)
+def _columns() -> dict[str, dict]:
+    # built on first use, so that the label tools (which never build a dataset) do not import `datasets`
+    import datasets
 
-#: Core columns of a (distorted, reference) pair record.
-PAIR_COLUMNS: dict[str, datasets.features.features.FeatureType] = {
-    "group": _STR,
-    "distorted": datasets.Image(),
-    "reference": datasets.Image(),
-    "distorted_name": _STR,
-    "reference_name": _STR,
-    # ClassLabel Negative 0 / Similar 1 / Positive 2: distorted compared with its reference (higher = better).
-    "label": label_feature(),
-    # P(distorted better than reference) in [0, 1]: Positive 1, Similar 0.5, Negative 0.
-    "g": _F32,
-}
+    _STR = datasets.Value("string")
+    _F32 = datasets.Value("float32")
+    out = {}
+    #: Core columns of a (distorted, reference) pair record.
+    out["PAIR_COLUMNS"] = {
+        "group": _STR,
+        "distorted": datasets.Image(),
+        "reference": datasets.Image(),
+        "distorted_name": _STR,
+        "reference_name": _STR,
+        # ClassLabel Negative 0 / Similar 1 / Positive 2: distorted compared with its reference (higher = better).
+        "label": label_feature(),
+        # P(distorted better than reference) in [0, 1]: Positive 1, Similar 0.5, Negative 0.
+        "g": _F32,
+    }
 
-#: Core columns of a (img1, img2, ref) triplet record; the official ``Triplet.txt`` row.
-TRIPLET_COLUMNS: dict[str, datasets.features.features.FeatureType] = {
-    "group": _STR,
-    "img1": datasets.Image(),
-    "img2": datasets.Image(),
-    "ref": datasets.Image(),
-    "img1_name": _STR,
-    "img2_name": _STR,
-    "ref_name": _STR,
-    # P(img1 better than img2), P(img1 better than ref), P(img2 better than ref); each in [0, 1].
-    # g1ref / g2ref are None where the data does not determine them.
-    "g12": _F32,
-    "g1ref": _F32,
-    "g2ref": _F32,
-    # ClassLabel of TRIPLET_TYPES: DiffIQA type such as "PSY" (letters in P, S, N, Y order), "NNY"/"NYY" for
-    # the classic sets; None where the view has no type (SRIQA-Bench).
-    "type": type_feature(),
-}
+    #: Core columns of a (img1, img2, ref) triplet record; the official ``Triplet.txt`` row.
+    out["TRIPLET_COLUMNS"] = {
+        "group": _STR,
+        "img1": datasets.Image(),
+        "img2": datasets.Image(),
+        "ref": datasets.Image(),
+        "img1_name": _STR,
+        "img2_name": _STR,
+        "ref_name": _STR,
+        # P(img1 better than img2), P(img1 better than ref), P(img2 better than ref); each in [0, 1].
+        # g1ref / g2ref are None where the data does not determine them.
+        "g12": _F32,
+        "g1ref": _F32,
+        "g2ref": _F32,
+        # ClassLabel of TRIPLET_TYPES: DiffIQA type such as "PSY" (letters in P, S, N, Y order), "NNY"/"NYY" for
+        # the classic sets; None where the view has no type (SRIQA-Bench).
+        "type": type_feature(),
+    }
 
-#: Core columns of a MOS-table record (one image with its mean opinion score, higher = better).
-MOS_COLUMNS: dict[str, datasets.features.features.FeatureType] = {
-    "group": _STR,
-    "image": datasets.Image(),
-    "reference": datasets.Image(),
-    "image_name": _STR,
-    "reference_name": _STR,
-    "mos": _F32,
-}
+    #: Core columns of a MOS-table record (one image with its mean opinion score, higher = better).
+    out["MOS_COLUMNS"] = {
+        "group": _STR,
+        "image": datasets.Image(),
+        "reference": datasets.Image(),
+        "image_name": _STR,
+        "reference_name": _STR,
+        "mos": _F32,
+    }
+    return out
 
 
-def _merge(core: Mapping, extra: Optional[Mapping]) -> datasets.Features:
+#: Module attributes built lazily (they need ``datasets``): core columns of the (distorted, reference) pair
+#: record, of the (img1, img2, ref) triplet record (the official ``Triplet.txt`` row) and of the MOS-table
+#: record, and the ready-made core ``datasets.Features``.
+def __getattr__(name: str):
+    if name in ("PAIR_COLUMNS", "TRIPLET_COLUMNS", "MOS_COLUMNS"):
+        return _columns()[name]
+    if name in ("PAIR_FEATURES", "TRIPLET_FEATURES", "MOS_FEATURES"):
+        return _merge(_columns()[name.replace("FEATURES", "COLUMNS")], None)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _merge(core: Mapping, extra: Optional[Mapping]) -> "datasets.Features":
+    import datasets
+
     cols = dict(core)
     for key, value in (extra or {}).items():
         if key in cols:
@@ -136,17 +161,17 @@ def _merge(core: Mapping, extra: Optional[Mapping]) -> datasets.Features:
 
 def pair_features(extra: Optional[Mapping] = None) -> datasets.Features:
     """``datasets.Features`` for pair records: :data:`PAIR_COLUMNS` plus builder-specific ``extra`` columns."""
-    return _merge(PAIR_COLUMNS, extra)
+    return _merge(_columns()["PAIR_COLUMNS"], extra)
 
 
 def triplet_features(extra: Optional[Mapping] = None) -> datasets.Features:
     """``datasets.Features`` for triplet records: :data:`TRIPLET_COLUMNS` plus ``extra`` columns."""
-    return _merge(TRIPLET_COLUMNS, extra)
+    return _merge(_columns()["TRIPLET_COLUMNS"], extra)
 
 
 def mos_features(extra: Optional[Mapping] = None) -> datasets.Features:
     """``datasets.Features`` for MOS tables: :data:`MOS_COLUMNS` plus ``extra`` columns."""
-    return _merge(MOS_COLUMNS, extra)
+    return _merge(_columns()["MOS_COLUMNS"], extra)
 
 
 def format_g(value: float) -> str:
@@ -210,8 +235,4 @@ class MosRecord:
     extra: dict = field(default_factory=dict, compare=False)
 
 
-#: Ready-made core schemas (no extra columns), for code that builds its own pair/triplet/MOS datasets.
-PAIR_FEATURES: datasets.Features = pair_features()
-TRIPLET_FEATURES: datasets.Features = triplet_features()
-MOS_FEATURES: datasets.Features = mos_features()
 __all__ += ["PAIR_FEATURES", "TRIPLET_FEATURES", "MOS_FEATURES"]

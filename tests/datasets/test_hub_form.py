@@ -364,3 +364,23 @@ def test_edited_image_pixels_are_read_fresh_without_re_preparing(tmp_path, facto
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         dataset_scripts.load("kadid10k", root, "mos", split="train", cache_dir=tmp_path / "c")
+
+
+# ------------------------------------------------------------------------------------------ import cost
+
+
+def test_check_and_label_tools_import_neither_datasets_nor_torch(diffiqa_root, tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from dataset_scripts.cli import main\n"
+        f"assert main(['check', {str(diffiqa_root)!r}, '--quiet']) == 0\n"
+        f"assert main(['majority', {str(diffiqa_root)!r}, '--out-dir', {str(tmp_path / 'm')!r}]) == 0\n"
+        f"assert main(['triplets', 'diffiqa', {str(diffiqa_root)!r}, '--out-dir', {str(tmp_path / 't')!r}]) == 0\n"
+        "print(sorted(m for m in ('datasets', 'torch', 'transformers', 'modeling_afine', 'pyarrow') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy(), timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
