@@ -263,11 +263,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    from .formats import LabelFormatError
-    from .problems import DatasetCheckError
+    import warnings
 
+    from .formats import LabelFormatError
+    from .problems import DatasetCheckError, DatasetProblemWarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, DatasetProblemWarning):
+            print(f"{PROG} {args.command}: warning: {message}", file=sys.stderr)
+        else:
+            default_show(message, category, filename, lineno, file, line)
+
+    default_show = warnings.showwarning
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = show
+            return int(args.func(args) or 0)
     except DatasetCheckError as exc:
         print(f"{PROG} {args.command}: {exc.report.format(50)}", file=sys.stderr)
         return 1

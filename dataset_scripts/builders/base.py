@@ -122,6 +122,11 @@ class AfineBuilder(datasets.GeneratorBasedBuilder):
             self.config.fingerprint = fingerprint_files(labels, images)
         return self.config.fingerprint
 
+    def preflight(self, report: CheckReport, needed: Optional[Iterable[str]] = None) -> None:
+        """Refuse on problems in the ``needed`` parts (see :func:`raise_if_problems`); remember the warning about
+        the others so that later loads from the cache repeat it."""
+        self._side_warning = raise_if_problems(report, needed, view=self.config.name) or ""
+
     def download_and_prepare(self, output_dir=None, *args, download_mode=None, **kwargs):
         """``datasets``' ``download_and_prepare``; in the default cache a cache prepared from another state of
         the folder is prepared again (as with ``download_mode="force_redownload"``)."""
@@ -139,21 +144,30 @@ class AfineBuilder(datasets.GeneratorBasedBuilder):
             info.builder_name, info.dataset_name = self.name, self.dataset_name
             info.config_name, info.version = self.config.name, self.config.version
             self.info = info
+        self._side_warning = None
         super().download_and_prepare(output_dir, *args, download_mode=download_mode, **kwargs)
         if managed:
-            self._write_marker()
+            if self._side_warning is None:  # reused: repeat what was found when the cache was prepared
+                if self._marker_data().get("warning"):
+                    _warn(self._marker_data()["warning"])
+            else:
+                self._write_marker()
             self._remove_old_versions()
 
-    def _marker(self) -> Optional[str]:
+    def _marker_data(self) -> dict:
         try:
             with open(os.path.join(self.cache_dir, CACHE_MARKER), encoding="utf-8") as fh:
-                return json.load(fh).get("fingerprint")
+                return json.load(fh)
         except (OSError, ValueError):
-            return None
+            return {}
+
+    def _marker(self) -> Optional[str]:
+        return self._marker_data().get("fingerprint")
 
     def _write_marker(self) -> None:
         data = {"data_dir": self.config.data_dir, "config": self.config.name, "seed": self.config.seed,
-                "fingerprint": self.folder_fingerprint(), "builder_version": BUILDER_VERSION}
+                "fingerprint": self.folder_fingerprint(), "builder_version": BUILDER_VERSION,
+                "warning": self._side_warning or ""}
         tmp = os.path.join(self.cache_dir, CACHE_MARKER + ".tmp")
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(data, fh)
@@ -198,24 +212,30 @@ def require_data_dir(config: datasets.BuilderConfig, what: str) -> Path:
     return root
 
 
-def raise_if_problems(report: CheckReport, needed: Optional[Iterable[str]] = None, view: str = "") -> None:
+def raise_if_problems(report: CheckReport, needed: Optional[Iterable[str]] = None, view: str = "") -> Optional[str]:
     """Raise :class:`DatasetCheckError` for the problems in the ``needed`` parts of the folder (all problems
-    when ``needed`` is None); problems elsewhere are only warned about (:class:`DatasetProblemWarning` and the
-    ``dataset_scripts`` logger), naming every file, since the view does not read those files."""
+    when ``needed`` is None). Problems elsewhere do not stop the view, which does not read those files: they
+    are warned about (:class:`DatasetProblemWarning`), naming every file; the warning text is returned."""
     if needed is None:
         blocking, other = report, CheckReport(report.root, report.dataset)
     else:
         blocking, other = report.split(needed)
     if not blocking.ok:
         raise DatasetCheckError(blocking)
-    if not other.ok:
-        parts = ", ".join(sorted({p.part for p in other.problems}))
-        msg = (f"{report.dataset} at {report.root}: view {view!r} does not read {parts}, where "
-               f"{len(other.problems)} problem(s) were found; the views that read it will refuse to load:\n"
-               + "\n".join(f"  {p}" for p in other.problems[:50])
-               + (f"\n  ... and {len(other.problems) - 50} more (run 'afine data check')" if len(other.problems) > 50 else ""))
-        logger.warning(msg)
-        warnings.warn(msg, DatasetProblemWarning, stacklevel=2)
+    if other.ok:
+        return None
+    parts = ", ".join(sorted({q for p in other.problems for q in p.part.split(",")} - set(needed or ())))
+    msg = (f"{report.dataset} at {report.root}: view {view!r} does not read {parts}, where "
+           f"{len(other.problems)} problem(s) were found (the views that read it refuse to load):\n"
+           + "\n".join(f"  {p}" for p in other.problems[:50])
+           + (f"\n  ... and {len(other.problems) - 50} more (run 'afine data check')" if len(other.problems) > 50 else ""))
+    _warn(msg)
+    return msg
+
+
+def _warn(msg: str) -> None:
+    logger.info(msg)
+    warnings.warn(msg, DatasetProblemWarning, stacklevel=3)
 
 
 def opt_str(path: Optional[Path]) -> Optional[str]:

@@ -23,7 +23,7 @@ from ..layouts import SPLIT_FOLDERS, read_shipped_triplets, scan_classic
 from ..pairing import nlogn_triplets
 from ..problems import CheckReport
 from ..schema import mos_features, triplet_features
-from .base import BUILDER_VERSION, AfineBuilder, AfineDataConfig, raise_if_problems, require_data_dir, shards_of
+from .base import BUILDER_VERSION, AfineBuilder, AfineDataConfig, require_data_dir, shards_of
 
 _CONFIGS = {
     "mos": "MOS tables per split",
@@ -59,7 +59,7 @@ class _ClassicIQA(AfineBuilder):
                 shipped[split] = read_shipped_triplets(path, scan, report)
             if not scan.triplet_files:
                 report.add("layout", root, "no {Train,Validation,Test}/Triplet/Triplet.txt found (config 'triplets_shipped')")
-        raise_if_problems(report)
+        self.preflight(report)
         splits = shipped.keys() if self.config.name == "triplets_shipped" else scan.records.keys()
         out = []
         for s in splits:

@@ -25,7 +25,7 @@ from ..layouts import diffiqa_labels_dir, diffiqa_split_folders, scan_diffiqa_fo
 from ..pairing import diffiqa_triplets, filter_types
 from ..problems import CheckReport
 from ..schema import LABEL_TO_G, label_feature, pair_features, triplet_features
-from .base import BUILDER_VERSION, AfineBuilder, AfineDataConfig, opt_str, raise_if_problems, require_data_dir, shards_of
+from .base import BUILDER_VERSION, AfineBuilder, AfineDataConfig, opt_str, require_data_dir, shards_of
 
 _DESCRIPTIONS = {
     "images": "unlabelled (enhanced, reference) pairs: every enhanced image with its reference, no labels needed",
@@ -87,7 +87,7 @@ class DiffIQA(AfineBuilder):
         report = CheckReport(str(root), "diffiqa")
         scans = scan_diffiqa(root, report, require_labels=self.config.name != "images")
         needed = {"images"} if self.config.name == "images" else {"images", "labels"}
-        raise_if_problems(report, needed, view=self.config.name)
+        self.preflight(report, needed)
         # shared out by reference: a reference's rows do not depend on the other references
         return [datasets.SplitGenerator(name=split, gen_kwargs={"scan": scan, "shards": shards_of(scan.references)})
                 for split, scan in scans.items()]

@@ -23,7 +23,7 @@ from ..layouts import MOS_FOLDERS, SRIQA_CATEGORIES as CATEGORIES, scan_sriqa, s
 from ..pairing import all_pairs
 from ..problems import CheckReport
 from ..schema import label_feature, mos_features, triplet_features
-from .base import BUILDER_VERSION, AfineBuilder, AfineDataConfig, raise_if_problems, require_data_dir, shards_of
+from .base import BUILDER_VERSION, AfineBuilder, AfineDataConfig, require_data_dir, shards_of
 
 _CONFIGS = {
     "MOS": "MOS table of all methods (MOS/)",
@@ -83,7 +83,7 @@ class SRIQABench(AfineBuilder):
             report.add("layout", root / folder, f"folder needed by config {name!r} not found")
         if name == "annotations" and not scan.annotators:
             report.add("layout", root / "labels", "folder needed by config 'annotations' not found")
-        raise_if_problems(report, _needed_parts(name), view=name)
+        self.preflight(report, _needed_parts(name))
         if folder is not None:
             shards = shards_of(list(scan.mos[folder]))  # by group
         else:

@@ -384,3 +384,20 @@ def test_check_and_label_tools_import_neither_datasets_nor_torch(diffiqa_root, t
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy(), timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_problem_warning_is_repeated_on_cached_loads_and_printed_by_the_cli(tmp_path, factories, capsys):
+    root = tmp_path / "S"
+    factories["sriqa"](root, groups=("online1",), annotators="A")
+    broken = sorted((root / "labels" / "A" / "online1").glob("*.json"))[0]
+    broken.write_text("{")
+    cache = tmp_path / "c"
+    for _ in range(2):  # prepared, then read from the cache: reported both times
+        with pytest.warns(DatasetProblemWarning, match=str(broken)):
+            dataset_scripts.load("sriqa_bench", root, "MOS", cache_dir=cache)
+    assert data_main(["prepare", "sriqa_bench", str(root), "--config", "MOS", "--cache-dir", str(cache)]) == 0
+    err = capsys.readouterr().err
+    assert f"afine data prepare: warning: sriqa_bench at {root}: view 'MOS' does not read labels" in err
+    assert str(broken) in err
+    assert data_main(["prepare", "sriqa_bench", str(root), "--config", "annotations", "--cache-dir", str(cache)]) == 1
+    assert str(broken) in capsys.readouterr().err
