@@ -174,14 +174,30 @@ class AfineBuilder(datasets.GeneratorBasedBuilder):
         os.replace(tmp, os.path.join(self.cache_dir, CACHE_MARKER))
 
     def _remove_old_versions(self) -> None:
-        """Delete caches of other builder versions under the same key (same folder, config and seed)."""
-        key_dir = Path(self.cache_dir).parent.parent  # {root}/{dataset}/{config_id}/{version}/{hash}
-        if key_dir.name != self.config_id:
+        """Delete this builder's caches of other builder versions under its dataset name: those of the same key
+        (folder, config, seed), and those written before the fingerprint left the key (one per folder state).
+        A cache is recognised as ours by its ``{version}/{version with _}/dataset_info.json`` naming our builder."""
+        root = Path(self._cache_dir_root) / self.dataset_name
+        current = str(self.config.version)
+        try:
+            keys = [k for k in root.iterdir() if k.is_dir()]
+        except OSError:
             return
-        for version_dir in key_dir.iterdir():
-            if version_dir.is_dir() and version_dir.name != str(self.config.version):
-                shutil.rmtree(version_dir, ignore_errors=True)
-                logger.info("removed the cache of builder version %s: %s", version_dir.name, version_dir)
+        for key_dir in keys:
+            for version_dir in [v for v in key_dir.iterdir() if v.is_dir() and v.name != current]:
+                info = version_dir / version_dir.name.replace(".", "_") / datasets.config.DATASET_INFO_FILENAME
+                ours = key_dir.name == self.config_id  # same key: an old version's cache is dead anyway
+                if not ours:
+                    try:
+                        with open(info, encoding="utf-8") as fh:
+                            ours = json.load(fh).get("builder_name") == self.name
+                    except (OSError, ValueError):
+                        ours = False
+                if ours:
+                    shutil.rmtree(version_dir, ignore_errors=True)
+                    logger.info("removed the cache of builder version %s: %s", version_dir.name, version_dir)
+            if not any(key_dir.iterdir()):
+                key_dir.rmdir()
 
     def _as_dataset(self, split=datasets.Split.TRAIN, in_memory: bool = False) -> datasets.Dataset:
         # datasets refuses to read a split with no rows ("corresponds to no data"): give an empty table with

@@ -260,10 +260,18 @@ def test_cache_is_reprepared_in_place_and_old_versions_are_removed(tmp_path, fac
     old = key / "0.9.0" / "0_9_0"
     old.mkdir(parents=True)
     (old / "dataset_info.json").write_text("{}")
+    # caches written before the fingerprint left the cache key: one per folder state, other keys
+    legacy = cache / "kadid10k" / "mos-0123456789abcdef" / "1.0.0" / "1_0_0"
+    legacy.mkdir(parents=True)
+    (legacy / "dataset_info.json").write_text(json.dumps({"builder_name": "classic"}))
+    foreign = cache / "kadid10k" / "default-0123" / "1.0.0" / "1_0_0"  # not ours: kept
+    foreign.mkdir(parents=True)
+    (foreign / "dataset_info.json").write_text(json.dumps({"builder_name": "somebody_else"}))
     # the folder changes: one group less (file removed) -> prepared again into the same cache folder
     (root / "Train" / "MOS" / "I02.txt").unlink()
     assert len(dataset_scripts.load("kadid10k", root, "mos", split="train", cache_dir=cache)) == 3
-    assert [k for k in (cache / "kadid10k").iterdir() if k.is_dir()] == [key]
+    assert sorted(k.name for k in (cache / "kadid10k").iterdir() if k.is_dir()) == sorted([key.name, "default-0123"])
+    assert foreign.is_dir()
     assert not (key / "0.9.0").exists()
     assert sorted(p.name for p in key.iterdir()) == [builder_base.BUILDER_VERSION]
     marker = json.loads(next(key.rglob(builder_base.CACHE_MARKER)).read_text())
