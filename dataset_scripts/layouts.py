@@ -321,7 +321,6 @@ def scan_sriqa(root: PathLike, report: CheckReport) -> SRIQAScan:
         if "Original" not in methods:
             report.add("missing_image", images_dir / "Original" / f"{g}_Original.png", f"group {g} has no Original")
 
-
     # images named by MOS or label files but absent: reported once per image and part, not once per file
     referenced: dict[str, list[tuple[Path, str]]] = {}
     mos: dict = {}

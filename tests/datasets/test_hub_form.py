@@ -85,7 +85,7 @@ def test_stray_copy_of_a_classic_mos_file_is_flagged_and_refused(tmp_path, facto
     assert ("inconsistent", copy.name, f"file name does not match its reference {stem}.bmp (expected {stem}.txt; "
             "a stray copy?)") in msgs
     dup = [m for m in msgs if "also listed in" in m[2]]
-    assert len(dup) == 1 and dup[0][1] == copy.name and dup[0][2].startswith(f"4 image(s) also listed in ")
+    assert len(dup) == 1 and dup[0][1] == copy.name and dup[0][2].startswith("4 image(s) also listed in ")
     assert str(root / "Train" / "MOS" / f"{stem}.txt") in dup[0][2]
     # load refuses with the same problems, instead of loading the 4 rows twice
     with pytest.raises(DatasetCheckError) as exc:
