@@ -84,7 +84,7 @@ def test_layout_manifest_and_reproducibility(tiny_pipe, tmp_path):
     st = rec["settings"]
     ref = Image.open(out / rec["reference"]).convert("RGB")
     expected_img = tiny_pipe(
-        ref, num_inference_steps=st["num_inference_steps"], init_latent_from_noise=st["start"] == "noise",
+        image=ref, num_inference_steps=st["num_inference_steps"], init_latent_from_noise=st["start"] == "noise",
         added_noise_level=st["added_noise_level"], generator=torch.Generator().manual_seed(st["seed"]),
     ).images[0]
     np.testing.assert_array_equal(np.asarray(Image.open(out / rel)), np.asarray(expected_img))

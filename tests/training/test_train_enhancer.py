@@ -95,7 +95,7 @@ def test_training_changes_only_trainable_parameters(sd_dir, data_dir, tmp_path):
 
     pipe = EnhancerPipeline.from_pretrained(out / "pipeline")
     pipe.set_progress_bar_config(disable=True)
-    img = pipe(random_image((32, 32)), num_inference_steps=1, generator=torch.Generator().manual_seed(0)).images[0]
+    img = pipe(image=random_image((32, 32)), num_inference_steps=1, generator=torch.Generator().manual_seed(0)).images[0]
     assert img.size == (32, 32)
 
 
