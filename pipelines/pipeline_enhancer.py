@@ -269,6 +269,7 @@ class EnhancerPipeline(DiffusionPipeline):
         enhancer,
         kwargs: dict,
         scheduler_from_index: dict | None = None,
+        labels: tuple[str, str] = ("SD-1.5 model", "enhancer"),
     ) -> "EnhancerPipeline":
         """Load every component not given in ``kwargs`` from ``base_model`` (vae, text_encoder,
         tokenizer, scheduler) and ``enhancer`` (unet, controlnet)."""
@@ -293,8 +294,8 @@ class EnhancerPipeline(DiffusionPipeline):
         needs = [c for c in _COMPONENTS if c not in given]
         sources = {}
         for source, probe, what, comps in (
-            (base_model, "vae/config.json", "SD-1.5 model", ("vae", "text_encoder", "tokenizer", "scheduler")),
-            (enhancer, "unet/config.json", "enhancer", ("unet", "controlnet")),
+            (base_model, "vae/config.json", labels[0], ("vae", "text_encoder", "tokenizer", "scheduler")),
+            (enhancer, "unet/config.json", labels[1], ("unet", "controlnet")),
         ):
             if any(c in needs for c in comps) and source not in sources:
                 sources[source] = check_model_source(
@@ -366,7 +367,7 @@ class EnhancerPipeline(DiffusionPipeline):
         index = _read_model_index(pretrained_model_name_or_path, hub)
         return cls._assemble(
             pretrained_model_name_or_path, pretrained_model_name_or_path, dict(kwargs),
-            scheduler_from_index=index if _is_enhancer_index(index) else None,
+            scheduler_from_index=index if _is_enhancer_index(index) else None, labels=("model", "model"),
         )
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, push_to_hub: bool = False, **kwargs) -> None:
