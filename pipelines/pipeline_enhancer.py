@@ -270,6 +270,7 @@ class EnhancerPipeline(DiffusionPipeline):
         kwargs: dict,
         scheduler_from_index: dict | None = None,
         labels: tuple[str, str] = ("SD-1.5 model", "enhancer"),
+        checked: dict | None = None,
     ) -> "EnhancerPipeline":
         """Load every component not given in ``kwargs`` from ``base_model`` (vae, text_encoder,
         tokenizer, scheduler) and ``enhancer`` (unet, controlnet)."""
@@ -292,7 +293,7 @@ class EnhancerPipeline(DiffusionPipeline):
             model["dtype"] = dtype
 
         needs = [c for c in _COMPONENTS if c not in given]
-        sources = {}
+        sources = dict(checked or {})  # source -> extra loader kwargs (see check_model_source)
         for source, probe, what, comps in (
             (base_model, "vae/config.json", labels[0], ("vae", "text_encoder", "tokenizer", "scheduler")),
             (enhancer, "unet/config.json", labels[1], ("unet", "controlnet")),
@@ -364,10 +365,14 @@ class EnhancerPipeline(DiffusionPipeline):
         This uses the project's classes; ``trust_remote_code`` is not needed (and ignored).
         """
         hub = {k: kwargs[k] for k in ("revision", "cache_dir", "local_files_only", "token") if k in kwargs}
-        index = _read_model_index(pretrained_model_name_or_path, hub)
+        source = pretrained_model_name_or_path
+        # fail fast (missing folder, uncached Hub id while offline) before anything touches the network
+        extra = check_model_source(source, "model_index.json", what="model", revision=hub.get("revision"),
+                                   cache_dir=hub.get("cache_dir"), local_files_only=hub.get("local_files_only", False))
+        index = _read_model_index(source, {**hub, **extra})
         return cls._assemble(
-            pretrained_model_name_or_path, pretrained_model_name_or_path, dict(kwargs),
-            scheduler_from_index=index if _is_enhancer_index(index) else None, labels=("model", "model"),
+            source, source, dict(kwargs), scheduler_from_index=index if _is_enhancer_index(index) else None,
+            labels=("model", "model"), checked={source: extra},
         )
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, push_to_hub: bool = False, **kwargs) -> None:
