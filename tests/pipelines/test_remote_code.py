@@ -109,3 +109,31 @@ def test_package_loader_reads_old_and_new_folders(tiny_pipe, tiny_pipe_dir, tmp_
         pipe.set_progress_bar_config(disable=True)
         out = pipe(image=img, generator=torch.Generator().manual_seed(0), num_inference_steps=2, output_type="np").images
         np.testing.assert_array_equal(out, ref)
+
+
+@pytest.mark.slow
+def test_cached_hub_repo_loads_offline_with_trust_remote_code(tiny_pipe, tiny_pipe_dir, tmp_path):
+    """The saved folder as a Hub repository (here: a Hugging Face cache entry, offline)."""
+    import shutil
+
+    snapshot = tmp_path / "hub" / "models--someorg--tiny-enhancer" / "snapshots" / "0123abcd"
+    shutil.copytree(tiny_pipe_dir, snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abcd")
+    image = np.asarray(random_image((32, 40), seed=23))
+    np.save(tmp_path / "image.npy", image)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hub"),
+               OMP_NUM_THREADS="1")
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, "someorg/tiny-enhancer", str(tmp_path / "image.npy"), str(tmp_path / "out.npy"),
+         str(tmp_path / "resaved")],
+        cwd=work, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["leaked"] == []
+    ours = tiny_pipe("clean, high-resolution, 8k", image, generator=torch.Generator().manual_seed(0),
+                     num_inference_steps=2, output_type="np").images
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy")[0], ours)
