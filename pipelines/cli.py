@@ -140,6 +140,21 @@ def _resolve_device_dtype(device: str, dtype: str, default_device=None):
     return dev, {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
 
 
+def _check_sources(args) -> None:
+    """Fail in a second, before the heavy imports, when --model/--enhancer cannot be loaded: a folder
+    that does not exist, or a Hub id that is not cached while the Hub is offline / unreachable."""
+    from .model_source import ModelSourceError, check_model_source
+
+    try:
+        if args.enhancer:
+            check_model_source(args.model, "vae/config.json", what="SD-1.5 model (--model)")
+            check_model_source(args.enhancer, "unet/config.json", what="enhancer (--enhancer)")
+        else:
+            check_model_source(args.model, "model_index.json", what="model")
+    except ModelSourceError as err:
+        raise UsageError(str(err)) from err
+
+
 def _load_pipeline(args, default_device=None):
     """The pipeline of --model/--enhancer on the chosen device. A model that cannot be loaded (folder
     missing, Hub id neither cached nor reachable, broken folder) is a one-line UsageError (exit 2)."""
@@ -164,14 +179,6 @@ def _load_pipeline(args, default_device=None):
 
 # ----------------------------------------------------------------------------- commands
 def _cmd_enhance(args) -> int:
-    import torch
-    from tqdm.auto import tqdm
-
-    from modeling_afine.image_io import ImageLoadError, load_image
-
-    from .durable import save_png_durable
-    from .pipeline_enhancer import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT
-
     files = _collect_images(args.inputs)
     out = Path(args.output)
     stems = [f.stem for f in files]
@@ -183,6 +190,15 @@ def _cmd_enhance(args) -> int:
         print(f"skipping {len(files) - len(todo)} image(s) already enhanced in {out} (use --overwrite to redo)")
     if not todo:
         return 0
+    _check_sources(args)
+    import torch
+    from tqdm.auto import tqdm
+
+    from modeling_afine.image_io import ImageLoadError, load_image
+
+    from .durable import save_png_durable
+    from .pipeline_enhancer import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT
+
     pipe = _load_pipeline(args)
     failures = 0
     for f in tqdm(todo, desc="enhancing", unit="img"):
@@ -230,6 +246,9 @@ def _shard(args) -> tuple[int, int, object]:
 
 
 def _cmd_generate(args) -> int:
+    if not Path(args.references).is_dir():
+        raise UsageError(f"reference folder not found: {args.references}")
+    _check_sources(args)
     from .diffiqa_generator import DiffIQASettings, generate_diffiqa, list_references
 
     try:

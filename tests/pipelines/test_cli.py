@@ -61,7 +61,7 @@ def test_missing_model_is_a_clear_error(tmp_path, capsys, monkeypatch):
     assert "is a file" in _one_line_error(capsys)
     (tmp_path / "sd").mkdir()
     assert main(base + ["--model", str(tmp_path / "sd"), "--enhancer", "./no-enhancer"]) == 2
-    assert "enhancer folder not found: ./no-enhancer" in _one_line_error(capsys)
+    assert "enhancer (--enhancer) folder not found: ./no-enhancer" in _one_line_error(capsys)
     # an existing folder that is not a model: one line naming it
     assert main(base + ["--model", str(tmp_path / "sd")]) == 2
     assert "could not load the enhancer from --model" in _one_line_error(capsys)
