@@ -1,6 +1,7 @@
 """``afine enhancer ...``: enhance images, regenerate DiffIQA, select and crop references.
 
-Exit codes: 0 success, 1 some inputs failed (each reported with its file), 2 usage errors.
+Exit codes: 0 success, 1 some inputs failed (each reported with its file), 2 usage errors and models
+that cannot be loaded (a missing folder, a Hub id neither cached nor reachable), in one line.
 Long jobs write results one by one and skip finished outputs when run again.
 """
 
