@@ -24,6 +24,7 @@ _EXPORTS = {
     "DiffIQASettings": "diffiqa_generator",
     "generate_diffiqa": "diffiqa_generator",
     "read_manifest": "diffiqa_generator",
+    "ModelSourceError": "model_source",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -31,6 +32,7 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:  # pragma: no cover
     from .degradations import WeakDegradation, gt_only_downsample
     from .diffiqa_generator import DiffIQASettings, generate_diffiqa, read_manifest
+    from .model_source import ModelSourceError
     from .noising import double_noise, make_inference_scheduler
     from .pipeline_enhancer import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT, EnhancerPipeline, EnhancerPipelineOutput
     from .unet_paca import PASDUNet2DConditionModel

@@ -1,17 +1,16 @@
 """``afine enhancer ...``: enhance images, regenerate DiffIQA, select and crop references.
 
-Exit codes: 0 success, 1 some inputs failed (each reported with its file), 2 usage errors.
+Exit codes: 0 success, 1 some inputs failed (each reported with its file), 2 usage errors and models
+that cannot be loaded (a missing folder, a Hub id neither cached nor reachable), in one line.
 Long jobs write results one by one and skip finished outputs when run again.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import random
-import shutil
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -142,35 +141,45 @@ def _resolve_device_dtype(device: str, dtype: str, default_device=None):
     return dev, {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
 
 
+def _check_sources(args) -> None:
+    """Fail in a second, before the heavy imports, when --model/--enhancer cannot be loaded: a folder
+    that does not exist, or a Hub id that is not cached while the Hub is offline / unreachable."""
+    from .model_source import ModelSourceError, check_model_source
+
+    try:
+        if args.enhancer:
+            check_model_source(args.model, "vae/config.json", what="SD-1.5 model (--model)")
+            check_model_source(args.enhancer, "unet/config.json", what="enhancer (--enhancer)")
+        else:
+            check_model_source(args.model, "model_index.json", what="model")
+    except ModelSourceError as err:
+        raise UsageError(str(err)) from err
+
+
 def _load_pipeline(args, default_device=None):
+    """The pipeline of --model/--enhancer on the chosen device. A model that cannot be loaded (folder
+    missing, Hub id neither cached nor reachable, broken folder) is a one-line UsageError (exit 2)."""
+    from .model_source import ModelSourceError
     from .pipeline_enhancer import EnhancerPipeline
 
     device, dtype = _resolve_device_dtype(args.device, args.dtype, default_device)
-    if args.enhancer:
-        pipe = EnhancerPipeline.from_sd15(args.model, args.enhancer, dtype=dtype)
-    else:
-        pipe = EnhancerPipeline.from_pretrained(args.model, dtype=dtype)
+    try:
+        if args.enhancer:
+            pipe = EnhancerPipeline.from_sd15(args.model, args.enhancer, dtype=dtype)
+        else:
+            pipe = EnhancerPipeline.from_pretrained(args.model, dtype=dtype)
+    except ModelSourceError as err:
+        raise UsageError(str(err)) from err
+    except (OSError, ValueError, TypeError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UsageError(f"could not load the enhancer from --model {args.model}: {first}") from err
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def _save_png_atomic(image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------------- commands
 def _cmd_enhance(args) -> int:
-    import torch
-    from tqdm.auto import tqdm
-
-    from modeling_afine.image_io import ImageLoadError, load_image
-
-    from .pipeline_enhancer import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT
-
     files = _collect_images(args.inputs)
     out = Path(args.output)
     stems = [f.stem for f in files]
@@ -182,18 +191,27 @@ def _cmd_enhance(args) -> int:
         print(f"skipping {len(files) - len(todo)} image(s) already enhanced in {out} (use --overwrite to redo)")
     if not todo:
         return 0
+    _check_sources(args)
+    import torch
+    from tqdm.auto import tqdm
+
+    from modeling_afine.image_io import ImageLoadError, load_image
+
+    from .durable import save_png_durable
+    from .pipeline_enhancer import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT
+
     pipe = _load_pipeline(args)
     failures = 0
     for f in tqdm(todo, desc="enhancing", unit="img"):
         try:
             image = load_image(f)
             result = pipe(
+                DEFAULT_PROMPT if args.prompt is None else args.prompt,
                 image,
-                prompt=DEFAULT_PROMPT if args.prompt is None else args.prompt,
                 negative_prompt=DEFAULT_NEGATIVE_PROMPT if args.negative_prompt is None else args.negative_prompt,
                 num_inference_steps=args.steps,
                 guidance_scale=args.guidance_scale,
-                conditioning_scale=args.conditioning_scale,
+                controlnet_conditioning_scale=args.conditioning_scale,
                 init_latent_from_noise=args.start == "noise",
                 added_noise_level=args.noise_level,
                 generator=torch.Generator(device=pipe._execution_device).manual_seed(args.seed),
@@ -202,7 +220,7 @@ def _cmd_enhance(args) -> int:
                 process_size=args.process_size or None,
                 color_fix=not args.no_color_fix,
             ).images[0]
-            _save_png_atomic(result, out / f"{f.stem}.png")
+            save_png_durable(result, out / f"{f.stem}.png")
         except (ImageLoadError, ValueError, TypeError, RuntimeError) as err:  # RuntimeError: e.g. out of memory
             failures += 1
             _err(f"{f}: {err}")
@@ -229,6 +247,9 @@ def _shard(args) -> tuple[int, int, object]:
 
 
 def _cmd_generate(args) -> int:
+    if not Path(args.references).is_dir():
+        raise UsageError(f"reference folder not found: {args.references}")
+    _check_sources(args)
     from .diffiqa_generator import DiffIQASettings, generate_diffiqa, list_references
 
     try:
@@ -257,31 +278,26 @@ def _cmd_generate(args) -> int:
 def _cmd_select(args) -> int:
     from tqdm.auto import tqdm
 
+    from .durable import JsonlLog, copy_file_durable
     from .references import select_references
 
     files = _collect_images(args.inputs)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     kept = failed = 0
-    log = open(out / "selection.jsonl", "a", encoding="utf-8")
-    try:
+    with JsonlLog(out / "selection.jsonl") as log:
         for f, ok, stats, error in tqdm(select_references(files, args.min_std, args.min_laplacian_var),
                                         total=len(files), desc="selecting", unit="img"):
             if error is not None:
                 failed += 1
                 _err(error)
                 continue
-            log.write(json.dumps({"file": str(f), "kept": ok, "std": stats[0], "laplacian_var": stats[1]}) + "\n")
-            log.flush()
             if ok:
                 kept += 1
                 dst = out / f.name
                 if not dst.is_file():
-                    tmp = dst.with_name(dst.name + ".tmp")
-                    shutil.copyfile(f, tmp)
-                    os.replace(tmp, dst)
-    finally:
-        log.close()
+                    copy_file_durable(f, dst)
+            log.append({"file": str(f), "kept": ok, "std": stats[0], "laplacian_var": stats[1]})
     print(f"kept {kept} of {len(files)} image(s) in {out}")
     return 1 if failed else 0
 
@@ -291,21 +307,16 @@ def _cmd_crop(args) -> int:
 
     from modeling_afine.image_io import load_image
 
-    from .references import crop_image, save_png_atomic
+    from .durable import JsonlLog, read_jsonl, save_png_durable
+    from .references import crop_image
 
     files = _collect_images(args.inputs)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "crops.jsonl"
-    done = set()
-    if log_path.is_file():
-        for line in log_path.read_text(encoding="utf-8").splitlines():
-            try:
-                done.add(json.loads(line)["file"])
-            except (ValueError, KeyError, TypeError):
-                continue
+    done = {rec["file"] for rec in read_jsonl(log_path) if "file" in rec} if log_path.is_file() else set()
     failed = total = 0
-    with open(log_path, "a", encoding="utf-8") as log:
+    with JsonlLog(log_path) as log:
         for f in tqdm(files, desc="cropping", unit="img"):
             if str(f) in done:
                 continue
@@ -318,10 +329,9 @@ def _cmd_crop(args) -> int:
             crops = crop_image(image, f.stem, random.Random(f"crop:{args.seed}:{f.stem}"), args.size, args.stride,
                                args.min_std, args.min_laplacian_var)
             for name, crop, _ in crops:
-                save_png_atomic(crop, out / f"{name}.png")
+                save_png_durable(crop, out / f"{name}.png")
             total += len(crops)
-            log.write(json.dumps({"file": str(f), "crops": [c[0] for c in crops]}) + "\n")
-            log.flush()
+            log.append({"file": str(f), "crops": [c[0] for c in crops]})
     print(f"wrote {total} crop(s) to {out}")
     return 1 if failed else 0
 

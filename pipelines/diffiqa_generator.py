@@ -17,18 +17,17 @@ not depend on the order, the sharding or on resuming, and they are recorded in t
 * steps U{20..1000} (= the added noise level in latent mode; 1000 runs as 999, see the pipeline);
 * diffusion seed U{0..100}.
 
-Outputs are written atomically (temporary file + rename) and skipped when they exist, so a killed
-run resumes where it stopped. References are split between workers by their position in the sorted
+Outputs are written durably (temporary file, fsync, atomic rename, fsync of the folder) before their
+manifest record is written and fsync-ed, and skipped when they exist, so a killed run (or a power
+loss) resumes where it stopped; a manifest line torn by a power loss is repaired before appending. References are split between workers by their position in the sorted
 list (``rank::world``), so workers never write the same file.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ import torch
 from PIL import Image
 
 from .degradations import WeakDegradation
+from .durable import JsonlLog, copy_file_durable, read_jsonl, save_png_durable
 
 logger = logging.getLogger(__name__)
 
@@ -147,35 +147,20 @@ def _manifest_path(out: Path, rank: int, world: int) -> Path:
 
 def read_manifest(out: str | os.PathLike) -> dict[str, dict]:
     """All manifest records under ``out`` (every worker's file), keyed by output file (relative path);
-    the last record of a file wins. Unreadable lines are skipped."""
+    the last record of a file wins. Unreadable lines (a line torn by a crash) are skipped."""
     records: dict[str, dict] = {}
     for path in sorted(Path(out).glob("manifest*.jsonl")):
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue  # a line cut by a crash
-                if isinstance(rec, dict) and "file" in rec:
-                    records[rec["file"]] = rec
+        for rec in read_jsonl(path):
+            if "file" in rec:
+                records[rec["file"]] = rec
     return records
 
 
-def _save_png_atomic(image: Image.Image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
 def _copy_reference(src: Path, image: Image.Image, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
     if src.suffix.lower() == ".png":
-        shutil.copyfile(src, tmp)
+        copy_file_durable(src, dst)
     else:
-        image.save(tmp, format="PNG")
-    os.replace(tmp, dst)
+        save_png_durable(image, dst)
 
 
 def _to_tensor(image: Image.Image) -> torch.Tensor:
@@ -247,7 +232,7 @@ def generate_diffiqa(
         )
     report = GenerationReport(references=len(refs))
     done = read_manifest(out)
-    manifest = open(_manifest_path(out, rank, world), "a", encoding="utf-8")
+    manifest = JsonlLog(_manifest_path(out, rank, world))
     degradation = WeakDegradation()
     device = pipe._execution_device
     common = {
@@ -256,8 +241,7 @@ def generate_diffiqa(
     }
 
     def record(rec: dict) -> None:
-        manifest.write(json.dumps(rec, sort_keys=True) + "\n")
-        manifest.flush()
+        manifest.append(rec)  # durable when it returns
 
     bar = tqdm(total=len(refs) * settings.num_variants, desc=f"DiffIQA worker {rank}/{world}", disable=not progress, unit="img")
     try:
@@ -300,7 +284,11 @@ def generate_diffiqa(
                     fed = prepare_input(image, choice, degradation)
                     gen = torch.Generator(device=device).manual_seed(choice["seed"])
                     result = pipe(
+                        settings.prompt,
                         fed,
+                        negative_prompt=settings.negative_prompt,
+                        guidance_scale=settings.guidance_scale,
+                        controlnet_conditioning_scale=settings.conditioning_scale,
                         num_inference_steps=choice["num_inference_steps"],
                         init_latent_from_noise=choice["start"] == "noise",
                         added_noise_level=choice["added_noise_level"],
@@ -309,11 +297,10 @@ def generate_diffiqa(
                         latent_tiled_overlap=settings.latent_tiled_overlap,
                         process_size=settings.process_size,
                         output_type="pil",
-                        **common,
                     ).images[0]
                     if result.size != image.size:  # undo the pre-upscale (PIL bicubic, as the official script)
                         result = result.resize(image.size, Image.BICUBIC)
-                    _save_png_atomic(result, path)
+                    save_png_durable(result, path)
                 except Exception as err:  # noqa: BLE001 - report and go on with the next output
                     report.failed.append((str(path), f"{type(err).__name__}: {err}"))
                     logger.error("failed to generate %s: %s", path, err)

@@ -14,7 +14,6 @@ Gray conversion is Pillow's ``convert("L")`` (ITU-R 601-2 luma, integer), as the
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,9 +105,3 @@ def crop_image(
             out.append((f"{stem}{box.name_suffix}", crop, stats))
     return out
 
-
-def save_png_atomic(image: Image.Image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)

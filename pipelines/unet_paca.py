@@ -30,7 +30,7 @@ from diffusers.models.modeling_utils import ModelMixin  # noqa: F401
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from diffusers.models.unets.unet_2d_blocks import CrossAttnUpBlock2D, UpBlock2D
 
-__all__ = ["PASDUNet2DConditionModel", "PACA_PREFIX", "is_paca_key"]
+__all__ = ["PASDUNet2DConditionModel", "PixelAwareKwargs", "PACA_PREFIX", "is_paca_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,30 +48,53 @@ def _flatten_tokens(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).reshape(b, h * w, c)
 
 
-class _PixelAwareMixin:
-    """Up-block forward with PACA. The pixel maps are handed over by the UNet through
-    ``self._paca_states`` (a tuple of residual maps in skip order, or ``None`` for "all zeros") and
-    ``self._paca_kwargs`` (``cross_attention_kwargs``), so the stock UNet forward can be reused."""
+class PixelAwareKwargs(dict):
+    """``cross_attention_kwargs`` that also carry the PACA inputs of one forward call.
 
-    _paca_states: tuple[torch.Tensor, ...] | None = None
-    _paca_kwargs: dict[str, Any] | None = None
+    :meth:`PASDUNet2DConditionModel.forward` wraps the caller's ``cross_attention_kwargs`` in this
+    dict subclass and hands it to the stock UNet forward, which passes it on to every up block as an
+    argument. The PACA maps are an attribute, not a key, so the attention processors of the other
+    blocks never see them. Nothing is stored on the modules, so concurrent and nested calls of one
+    UNet do not interfere.
+
+    ``pixel_states`` maps each up block to its ControlNet residual maps in skip order (a tuple of
+    ``(B, C, H, W)`` tensors), or to ``None`` for "no ControlNet" (the PACA blocks then attend to zero
+    maps, what a freshly initialised ControlNet produces).
+    """
+
+    def __init__(self, kwargs: dict[str, Any] | None, pixel_states: dict[nn.Module, tuple[torch.Tensor, ...] | None]):
+        super().__init__(kwargs or {})
+        self.pixel_states = pixel_states
+
+    def copy(self) -> "PixelAwareKwargs":
+        # diffusers copies cross_attention_kwargs (e.g. to pop the LoRA "scale"); keep the maps.
+        return PixelAwareKwargs(dict(self), self.pixel_states)
+
+
+class _PixelAwareMixin:
+    """Up-block forward with PACA; the residual maps arrive in ``cross_attention_kwargs``
+    (a :class:`PixelAwareKwargs`)."""
 
     def _run_layers(
         self,
         hidden_states: torch.Tensor,
         res_hidden_states_tuple: tuple[torch.Tensor, ...],
         temb: torch.Tensor | None,
+        cross_attention_kwargs: dict[str, Any] | None,
         text_attention=None,
     ) -> torch.Tensor:
-        pixel_states = self._paca_states
+        if not isinstance(cross_attention_kwargs, PixelAwareKwargs) or self not in cross_attention_kwargs.pixel_states:
+            raise RuntimeError(
+                f"{type(self).__name__} needs its ControlNet maps: call it through PASDUNet2DConditionModel.forward"
+            )
+        pixel_states = cross_attention_kwargs.pixel_states[self]
+        attention_kwargs = dict(cross_attention_kwargs)
         ckpt = torch.is_grad_enabled() and self.gradient_checkpointing
         attentions = self.attentions if text_attention is not None else [None] * len(self.resnets)
         for j, (resnet, attn) in enumerate(zip(self.resnets, attentions)):
             res_hidden_states = res_hidden_states_tuple[-1]
             res_hidden_states_tuple = res_hidden_states_tuple[:-1]
             if pixel_states is None:
-                # No ControlNet residuals: the PACA keys/values are zero maps (what a freshly
-                # initialised ControlNet, with its zero convolutions, produces).
                 pixel_map = torch.zeros_like(res_hidden_states)
             else:
                 pixel_map = pixel_states[-1]
@@ -82,11 +105,11 @@ class _PixelAwareMixin:
             else:
                 hidden_states = resnet(hidden_states, temb)
             if attn is not None:
-                hidden_states = text_attention(attn, hidden_states)
+                hidden_states = text_attention(attn, hidden_states, attention_kwargs)
             hidden_states = self.pixel_attentions[j](
                 hidden_states,
                 encoder_hidden_states=_flatten_tokens(pixel_map.to(hidden_states.dtype)),
-                cross_attention_kwargs=self._paca_kwargs,
+                cross_attention_kwargs=attention_kwargs,
                 return_dict=False,
             )[0]
         return hidden_states
@@ -106,17 +129,17 @@ class PASDCrossAttnUpBlock2D(_PixelAwareMixin, CrossAttnUpBlock2D):
         attention_mask: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        def text_attention(attn, h):
+        def text_attention(attn, h, attention_kwargs):
             return attn(
                 h,
                 encoder_hidden_states=encoder_hidden_states,
-                cross_attention_kwargs=cross_attention_kwargs,
+                cross_attention_kwargs=attention_kwargs,
                 attention_mask=attention_mask,
                 encoder_attention_mask=encoder_attention_mask,
                 return_dict=False,
             )[0]
 
-        hidden_states = self._run_layers(hidden_states, res_hidden_states_tuple, temb, text_attention)
+        hidden_states = self._run_layers(hidden_states, res_hidden_states_tuple, temb, cross_attention_kwargs, text_attention)
         if self.upsamplers is not None:
             for upsampler in self.upsamplers:
                 hidden_states = upsampler(hidden_states, upsample_size)
@@ -126,16 +149,21 @@ class PASDCrossAttnUpBlock2D(_PixelAwareMixin, CrossAttnUpBlock2D):
 class PASDUpBlock2D(_PixelAwareMixin, UpBlock2D):
     """:class:`UpBlock2D` (no text attention) with PACA after each resnet."""
 
+    # Makes the stock UNet forward pass ``cross_attention_kwargs`` (carrying the PACA maps) to this block.
+    has_cross_attention = True
+
     def forward(
         self,
         hidden_states: torch.Tensor,
         res_hidden_states_tuple: tuple[torch.Tensor, ...],
         temb: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        cross_attention_kwargs: dict[str, Any] | None = None,
         upsample_size: int | None = None,
-        *args,
-        **kwargs,
+        attention_mask: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        hidden_states = self._run_layers(hidden_states, res_hidden_states_tuple, temb, None)
+        hidden_states = self._run_layers(hidden_states, res_hidden_states_tuple, temb, cross_attention_kwargs)
         if self.upsamplers is not None:
             for upsampler in self.upsamplers:
                 hidden_states = upsampler(hidden_states, upsample_size)
@@ -331,27 +359,22 @@ class PASDUNet2DConditionModel(UNet2DConditionModel):
         if args:
             raise TypeError("pass the optional UNet arguments by keyword")
         residuals = None if down_block_additional_residuals is None else tuple(down_block_additional_residuals)
-        for block in self.up_blocks:
+        pixel_states: dict[nn.Module, tuple[torch.Tensor, ...] | None] = {}
+        for block in self.up_blocks:  # as the skips: each up block takes the last maps that are left
             n = len(block.resnets)
             if residuals is None:
-                block._paca_states = None
+                pixel_states[block] = None
             else:
                 if len(residuals) < n:
                     raise ValueError("too few down_block_additional_residuals for the UNet's skips")
-                block._paca_states = residuals[-n:]
+                pixel_states[block] = residuals[-n:]
                 residuals = residuals[:-n]
-            block._paca_kwargs = cross_attention_kwargs
-        try:
-            return super().forward(
-                sample,
-                timestep,
-                encoder_hidden_states,
-                down_block_additional_residuals=down_block_additional_residuals,
-                mid_block_additional_residual=mid_block_additional_residual,
-                cross_attention_kwargs=cross_attention_kwargs,
-                **kwargs,
-            )
-        finally:
-            for block in self.up_blocks:
-                block._paca_states = None
-                block._paca_kwargs = None
+        return super().forward(
+            sample,
+            timestep,
+            encoder_hidden_states,
+            down_block_additional_residuals=down_block_additional_residuals,
+            mid_block_additional_residual=mid_block_additional_residual,
+            cross_attention_kwargs=PixelAwareKwargs(cross_attention_kwargs, pixel_states),
+            **kwargs,
+        )

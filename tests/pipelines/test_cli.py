@@ -41,12 +41,43 @@ def test_usage_errors_exit_2(tmp_path, capsys):
     assert main(["--help"]) == 0
 
 
-def test_missing_model_is_a_clear_error(tmp_path, capsys):
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_missing_model_is_a_clear_error(tmp_path, capsys, monkeypatch):
     random_image((32, 32)).save(tmp_path / "a.png")
-    code = main(["enhance", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "nomodel")])
-    assert code == 1
-    err = capsys.readouterr().err
-    assert "nomodel" in err and "Traceback" not in err
+    base = ["enhance", str(tmp_path / "a.png"), "-o", str(tmp_path / "o")]
+    assert main(base + ["--model", str(tmp_path / "nomodel")]) == 2
+    assert "model folder not found" in _one_line_error(capsys)
+    # the reported case: a relative path (huggingface_hub used to say "Repo id must use alphanumeric chars")
+    monkeypatch.chdir(tmp_path)
+    assert main(base + ["--model", "./missing-folder"]) == 2
+    err = _one_line_error(capsys)
+    assert "model folder not found: ./missing-folder" in err and "alphanumeric" not in err
+    assert main(base + ["--model", str(tmp_path / "a.png")]) == 2
+    assert "is a file" in _one_line_error(capsys)
+    (tmp_path / "sd").mkdir()
+    assert main(base + ["--model", str(tmp_path / "sd"), "--enhancer", "./no-enhancer"]) == 2
+    assert "enhancer (--enhancer) folder not found: ./no-enhancer" in _one_line_error(capsys)
+    # an existing folder that is not a model: one line naming it
+    assert main(base + ["--model", str(tmp_path / "sd")]) == 2
+    assert "could not load the enhancer from --model" in _one_line_error(capsys)
+
+
+def test_uncached_hub_id_fails_fast_offline(tmp_path, capsys, monkeypatch):
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    random_image((32, 32)).save(tmp_path / "a.png")
+    start = time.monotonic()
+    assert main(["enhance", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--model", "someorg/enhancer"]) == 2
+    assert time.monotonic() - start < 10
+    err = _one_line_error(capsys)
+    assert "someorg/enhancer" in err and "HF_HUB_OFFLINE" in err
 
 
 def test_generate_diffiqa_sharded_and_resumed(tiny_pipe_dir, tmp_path):

@@ -22,6 +22,7 @@ def test_cli_and_package_import_nothing_heavy():
 
 def test_modules_do_not_import_modeling_afine():
     _run("import sys, pipelines.unet_paca, pipelines.pipeline_enhancer, pipelines.degradations, "
-         "pipelines.diffiqa_generator, pipelines.references, pipelines.noising, pipelines.tiling, pipelines.wavelet; "
+         "pipelines.diffiqa_generator, pipelines.references, pipelines.noising, pipelines.tiling, pipelines.wavelet, "
+         "pipelines.model_source, pipelines.durable; "
          "import pipelines; [getattr(pipelines, n) for n in pipelines.__all__]; "
          "assert 'modeling_afine' not in sys.modules")

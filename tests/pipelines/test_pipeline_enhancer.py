@@ -22,9 +22,9 @@ def gen(seed=0):
 
 def test_deterministic_under_seed_and_seed_matters(tiny_pipe):
     img = random_image((64, 64))
-    a = tiny_pipe(img, generator=gen(0), **FAST).images
-    b = tiny_pipe(img, generator=gen(0), **FAST).images
-    c = tiny_pipe(img, generator=gen(1), **FAST).images
+    a = tiny_pipe(image=img, generator=gen(0), **FAST).images
+    b = tiny_pipe(image=img, generator=gen(0), **FAST).images
+    c = tiny_pipe(image=img, generator=gen(1), **FAST).images
     assert a.shape == (1, 64, 64, 3) and a.dtype == np.float32
     np.testing.assert_array_equal(a, b)
     assert np.abs(a - c).max() > 1e-3
@@ -49,7 +49,7 @@ def _capture_first_sample(pipe, monkeypatch):
 
 def test_noise_start_is_generator_noise(tiny_pipe, monkeypatch):
     seen = _capture_first_sample(tiny_pipe, monkeypatch)
-    tiny_pipe(random_image((64, 48)), generator=gen(3), **FAST)
+    tiny_pipe(image=random_image((64, 48)), generator=gen(3), **FAST)
     expected = torch.randn(1, 4, 6, 8, generator=gen(3))  # (H/8, W/8) = (48/8, 64/8)
     torch.testing.assert_close(seen[0], expected)
 
@@ -57,7 +57,7 @@ def test_noise_start_is_generator_noise(tiny_pipe, monkeypatch):
 def test_latent_start_double_noising_matches_closed_form(tiny_pipe, monkeypatch):
     img = random_image((64, 64), seed=5)
     seen = _capture_first_sample(tiny_pipe, monkeypatch)
-    out_latent = tiny_pipe(img, generator=gen(7), init_latent_from_noise=False, added_noise_level=300, **FAST).images
+    out_latent = tiny_pipe(image=img, generator=gen(7), init_latent_from_noise=False, added_noise_level=300, **FAST).images
     # independent recomputation: VAE sample, then two generator draws, closed form
     g = gen(7)
     x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)[None]
@@ -72,11 +72,11 @@ def test_latent_start_double_noising_matches_closed_form(tiny_pipe, monkeypatch)
     expected = (a1 * a2).sqrt() * z.double() + (a2 * (1 - a1)).sqrt() * n1.double() + (1 - a2).sqrt() * n2.double()
     torch.testing.assert_close(seen[0].double(), expected, rtol=1e-4, atol=1e-5)
     monkeypatch.undo()
-    noise_start = tiny_pipe(img, generator=gen(7), **FAST).images
+    noise_start = tiny_pipe(image=img, generator=gen(7), **FAST).images
     assert np.abs(out_latent - noise_start).max() > 1e-3
     # default added_noise_level = num_inference_steps
-    a = tiny_pipe(img, generator=gen(7), init_latent_from_noise=False, **FAST).images
-    b = tiny_pipe(img, generator=gen(7), init_latent_from_noise=False, added_noise_level=2, **FAST).images
+    a = tiny_pipe(image=img, generator=gen(7), init_latent_from_noise=False, **FAST).images
+    b = tiny_pipe(image=img, generator=gen(7), init_latent_from_noise=False, added_noise_level=2, **FAST).images
     np.testing.assert_array_equal(a, b)
 
 
@@ -84,7 +84,7 @@ def test_tiled_blend_reproduces_a_pointwise_model(tiny_pipe, monkeypatch):
     """Where every tile's prediction is the crop of the global prediction, the Gaussian blend must
     give back the global prediction exactly (weights normalise, tiles cover everything)."""
 
-    def pointwise(latents, t, embeds, control, scale):
+    def pointwise(latents, t, embeds, control, scale, **kw):
         pooled = torch.nn.functional.avg_pool2d(control.float(), tiny_pipe.vae_scale_factor)
         return 0.5 * latents + pooled.mean(1, keepdim=True)
 
@@ -98,11 +98,11 @@ def test_tiled_blend_reproduces_a_pointwise_model(tiny_pipe, monkeypatch):
 
 def test_tiled_vs_untiled_with_real_models(tiny_pipe):
     img = random_image((96, 64), seed=2)  # latent 8 x 12
-    untiled = tiny_pipe(img, generator=gen(0), latent_tiled_size=64, **FAST).images
-    same = tiny_pipe(img, generator=gen(0), latent_tiled_size=10, **FAST).images  # 96 <= 100: not tiled
+    untiled = tiny_pipe(image=img, generator=gen(0), latent_tiled_size=64, **FAST).images
+    same = tiny_pipe(image=img, generator=gen(0), latent_tiled_size=10, **FAST).images  # 96 <= 100: not tiled
     np.testing.assert_array_equal(untiled, same)
-    tiled = tiny_pipe(img, generator=gen(0), latent_tiled_size=8, latent_tiled_overlap=2, **FAST).images
-    tiled2 = tiny_pipe(img, generator=gen(0), latent_tiled_size=8, latent_tiled_overlap=2, **FAST).images
+    tiled = tiny_pipe(image=img, generator=gen(0), latent_tiled_size=8, latent_tiled_overlap=2, **FAST).images
+    tiled2 = tiny_pipe(image=img, generator=gen(0), latent_tiled_size=8, latent_tiled_overlap=2, **FAST).images
     assert tiled.shape == untiled.shape == (1, 64, 96, 3)
     np.testing.assert_array_equal(tiled, tiled2)
     assert np.isfinite(tiled).all()
@@ -113,49 +113,49 @@ def test_tiled_vs_untiled_with_real_models(tiny_pipe):
 def test_steps_above_999_run_999_steps(tiny_pipe, monkeypatch):
     calls = []
 
-    def cheap(latents, t, embeds, control, scale):
+    def cheap(latents, t, embeds, control, scale, **kw):
         calls.append(int(t))
         return 0.5 * latents
 
     monkeypatch.setattr(tiny_pipe, "_predict_noise", cheap)
-    out = tiny_pipe(random_image((32, 32)), num_inference_steps=1000, guidance_scale=1.0, generator=gen(0),
+    out = tiny_pipe(image=random_image((32, 32)), num_inference_steps=1000, guidance_scale=1.0, generator=gen(0),
                     output_type="latent").images
     assert len(calls) == 999 and len(set(calls)) == 999 and calls[0] == 999
     assert torch.isfinite(out).all()
     calls.clear()
-    tiny_pipe(random_image((32, 32)), num_inference_steps=1000, init_latent_from_noise=False, added_noise_level=1000,
+    tiny_pipe(image=random_image((32, 32)), num_inference_steps=1000, init_latent_from_noise=False, added_noise_level=1000,
               guidance_scale=1.0, generator=gen(0), output_type="latent")
     assert len(calls) == 999
 
 
 def test_output_types_sizes_and_resize_back(tiny_pipe):
     img = random_image((70, 50), seed=4)  # not multiples of 8: processed at 64 x 48, resized back
-    pil = tiny_pipe(img, generator=gen(0), num_inference_steps=2).images
+    pil = tiny_pipe(image=img, generator=gen(0), num_inference_steps=2).images
     assert isinstance(pil, list) and pil[0].size == (70, 50) and pil[0].mode == "RGB"
-    arr = tiny_pipe(img, generator=gen(0), **FAST).images
-    pt = tiny_pipe(img, generator=gen(0), num_inference_steps=2, output_type="pt").images
+    arr = tiny_pipe(image=img, generator=gen(0), **FAST).images
+    pt = tiny_pipe(image=img, generator=gen(0), num_inference_steps=2, output_type="pt").images
     np.testing.assert_array_equal(np.asarray(pil[0], dtype=np.float32) / 255, arr[0])
     np.testing.assert_array_equal(pt.permute(0, 2, 3, 1).numpy(), arr)
-    lat = tiny_pipe(img, generator=gen(0), num_inference_steps=2, output_type="latent").images
+    lat = tiny_pipe(image=img, generator=gen(0), num_inference_steps=2, output_type="latent").images
     assert lat.shape == (1, 4, 6, 8)
-    up = tiny_pipe(img, generator=gen(0), num_inference_steps=2, process_size=64, output_type="np").images
+    up = tiny_pipe(image=img, generator=gen(0), num_inference_steps=2, process_size=64, output_type="np").images
     assert up.shape == (1, 50, 70, 3)
-    out = tiny_pipe(img, generator=gen(0), num_inference_steps=2, return_dict=False)
+    out = tiny_pipe(image=img, generator=gen(0), num_inference_steps=2, return_dict=False)
     assert isinstance(out, tuple) and out[0][0].size == (70, 50)
-    assert isinstance(tiny_pipe(img, num_inference_steps=1), EnhancerPipelineOutput)
+    assert isinstance(tiny_pipe(image=img, num_inference_steps=1), EnhancerPipelineOutput)
 
 
 def test_input_types_agree_and_batches(tiny_pipe):
     img = random_image((64, 64), seed=6)
     arr = np.asarray(img)
     ten = torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255
-    a = tiny_pipe(img, generator=gen(0), **FAST).images
-    b = tiny_pipe(arr, generator=gen(0), **FAST).images
-    c = tiny_pipe(ten, generator=gen(0), **FAST).images
-    d = tiny_pipe(arr.astype(np.float32) / 255, generator=gen(0), **FAST).images
+    a = tiny_pipe(image=img, generator=gen(0), **FAST).images
+    b = tiny_pipe(image=arr, generator=gen(0), **FAST).images
+    c = tiny_pipe(image=ten, generator=gen(0), **FAST).images
+    d = tiny_pipe(image=arr.astype(np.float32) / 255, generator=gen(0), **FAST).images
     for other in (b, c, d):
         np.testing.assert_array_equal(a, other)
-    two = tiny_pipe([img, random_image((64, 64), seed=7)], generator=[gen(0), gen(1)], **FAST).images
+    two = tiny_pipe(image=[img, random_image((64, 64), seed=7)], generator=[gen(0), gen(1)], **FAST).images
     assert two.shape == (2, 64, 64, 3)
     # batched convolutions differ from single ones by float rounding: at most one 8-bit level
     np.testing.assert_allclose(two[0], a[0], atol=1.01 / 255)
@@ -164,10 +164,10 @@ def test_input_types_agree_and_batches(tiny_pipe):
 
 def test_guidance_and_conditioning_scale_matter(tiny_pipe):
     img = random_image((32, 32), seed=8)
-    base = tiny_pipe(img, generator=gen(0), **FAST).images
-    no_cfg = tiny_pipe(img, generator=gen(0), guidance_scale=1.0, **FAST).images
-    no_ctrl = tiny_pipe(img, generator=gen(0), conditioning_scale=0.0, **FAST).images
-    no_fix = tiny_pipe(img, generator=gen(0), color_fix=False, **FAST).images
+    base = tiny_pipe(image=img, generator=gen(0), **FAST).images
+    no_cfg = tiny_pipe(image=img, generator=gen(0), guidance_scale=1.0, **FAST).images
+    no_ctrl = tiny_pipe(image=img, generator=gen(0), controlnet_conditioning_scale=0.0, **FAST).images
+    no_fix = tiny_pipe(image=img, generator=gen(0), color_fix=False, **FAST).images
     for other in (no_cfg, no_ctrl, no_fix):
         assert np.abs(base - other).max() > 1e-3
 
@@ -175,7 +175,10 @@ def test_guidance_and_conditioning_scale_matter(tiny_pipe):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(image="x.png"), "PIL image, numpy array or torch tensor"),
+        (dict(image="x.png"), "got a file path"),
+        (dict(image=3), "PIL image, numpy array or torch tensor"),
+        (dict(image=None), "no image given"),
+        (dict(image=np.full((32, 32, 3), -2.0, np.float32)), r"\[-1, 1\]"),
         (dict(image=np.zeros((32, 32, 4), np.uint8)), r"\(H, W, 3\)"),
         (dict(image=np.full((32, 32, 3), 2.0, np.float32)), r"in \[0, 1\]"),
         (dict(image=torch.full((3, 32, 32), float("nan"))), "NaN"),
@@ -186,9 +189,16 @@ def test_guidance_and_conditioning_scale_matter(tiny_pipe):
         (dict(guidance_scale=float("nan")), "guidance_scale"),
         (dict(guidance_scale=-1.0), "guidance_scale"),
         (dict(guidance_scale="7.5"), "guidance_scale"),
-        (dict(conditioning_scale="1"), "conditioning_scale"),
+        (dict(controlnet_conditioning_scale="1"), "controlnet_conditioning_scale"),
         (dict(prompt=3), "prompt"),
-        (dict(prompt=["a", "b"]), "prompt"),
+        (dict(image=[np.zeros((32, 32, 3), np.uint8)] * 3, prompt=["a", "b"]), "2 prompts for 3 images"),
+        (dict(prompt="a", prompt_embeds=torch.zeros(1, 77, 32)), "either prompt or prompt_embeds"),
+        (dict(prompt_embeds=torch.zeros(77, 32)), "prompt_embeds must be a tensor"),
+        (dict(num_images_per_prompt=0), "num_images_per_prompt"),
+        (dict(latents=torch.zeros(1, 4, 3, 4)), r"latents must be a tensor of shape \(1, 4, 4, 4\)"),
+        (dict(latents=torch.zeros(1, 4, 4, 4), init_latent_from_noise=False), "cannot be combined"),
+        (dict(callback_on_step_end_tensor_inputs=["noise"]), "callback_on_step_end_tensor_inputs"),
+        (dict(strength=0.5), "unexpected keyword"),
         (dict(negative_prompt=5), "negative_prompt"),
         (dict(added_noise_level=1001, init_latent_from_noise=False), "added_noise_level"),
         (dict(generator=123), "generator"),
@@ -207,15 +217,18 @@ def test_bad_inputs_give_clear_errors(tiny_pipe, kwargs, match):
 
 def test_save_load_round_trip_is_identical(tiny_pipe, tiny_pipe_dir):
     index = json.loads((tiny_pipe_dir / "model_index.json").read_text())
-    assert index["_class_name"] == "EnhancerPipeline"
-    assert index["unet"] == ["pipelines.unet_paca", "PASDUNet2DConditionModel"]
+    # diffusers' custom-code entries: [file at the root / in the component folder, class]
+    assert index["_class_name"] == ["pipeline_enhancer", "EnhancerPipeline"]
+    assert index["unet"] == ["unet_paca", "PASDUNet2DConditionModel"]
+    assert (tiny_pipe_dir / "pipeline_enhancer.py").is_file() and (tiny_pipe_dir / "unet" / "unet_paca.py").is_file()
+    assert "pipelines." not in json.dumps(index)
     loaded = EnhancerPipeline.from_pretrained(tiny_pipe_dir)
     loaded.set_progress_bar_config(disable=True)
     assert loaded.scheduler.config.final_sigmas_type == "sigma_min"
     img = random_image((64, 64), seed=9)
     for kw in (dict(), dict(init_latent_from_noise=False, added_noise_level=40)):
-        a = tiny_pipe(img, generator=gen(0), **kw, **FAST).images
-        b = loaded(img, generator=gen(0), **kw, **FAST).images
+        a = tiny_pipe(image=img, generator=gen(0), **kw, **FAST).images
+        b = loaded(image=img, generator=gen(0), **kw, **FAST).images
         np.testing.assert_array_equal(a, b)
 
 
@@ -241,14 +254,34 @@ def _write_sd_style_dir(pipe, root):
 def test_loads_from_sd_directory_with_released_folders(tiny_pipe, tmp_path):
     _write_sd_style_dir(tiny_pipe, tmp_path / "sd")
     img = random_image((64, 64), seed=10)
-    ref = tiny_pipe(img, generator=gen(0), **FAST).images
+    ref = tiny_pipe(image=img, generator=gen(0), **FAST).images
     combined = EnhancerPipeline.from_pretrained(tmp_path / "sd")
     combined.set_progress_bar_config(disable=True)
-    np.testing.assert_array_equal(combined(img, generator=gen(0), **FAST).images, ref)
+    np.testing.assert_array_equal(combined(image=img, generator=gen(0), **FAST).images, ref)
     separate = EnhancerPipeline.from_sd15(tmp_path / "sd", tmp_path / "sd")
     assert separate.scheduler.config.final_sigmas_type == "sigma_min"
-    with pytest.raises(OSError, match="could not load the PASD UNet from .*nowhere"):
+    with pytest.raises(OSError, match="enhancer folder not found: .*nowhere"):
         EnhancerPipeline.from_sd15(tmp_path / "sd", tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(OSError, match="could not load the PASD UNet from .*empty"):
+        EnhancerPipeline.from_sd15(tmp_path / "sd", tmp_path / "empty")
+
+
+def test_component_overrides_are_used(tiny_pipe, tmp_path):
+    """from_pretrained(sd_dir, controlnet=cn, unet=u): the given objects are used, the rest loaded."""
+    _write_sd_style_dir(tiny_pipe, tmp_path / "sd")
+    img = random_image((64, 64), seed=12)
+    ref = tiny_pipe(image=img, generator=gen(0), **FAST).images
+    pipe = EnhancerPipeline.from_pretrained(tmp_path / "sd", controlnet=tiny_pipe.controlnet, unet=tiny_pipe.unet)
+    assert pipe.controlnet is tiny_pipe.controlnet and pipe.unet is tiny_pipe.unet
+    pipe.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(pipe(image=img, generator=gen(0), **FAST).images, ref)
+    # the same on a saved enhancer folder, and with from_sd15
+    other = EnhancerPipeline.from_sd15(tmp_path / "sd", tmp_path / "nowhere-not-needed", unet=tiny_pipe.unet,
+                                       controlnet=tiny_pipe.controlnet)
+    assert other.unet is tiny_pipe.unet
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        EnhancerPipeline.from_pretrained(tmp_path / "sd", feature_extractor=None)
 
 
 def test_rejects_stock_unet(tiny_components):
@@ -266,7 +299,7 @@ def test_half_precision_runs(tmp_path, dtype):
     pipe.set_progress_bar_config(disable=True)
     img = random_image((32, 32))
     try:
-        out = pipe(img, generator=gen(0), num_inference_steps=2, output_type="np").images
+        out = pipe(image=img, generator=gen(0), num_inference_steps=2, output_type="np").images
     except RuntimeError as err:  # some CPU builds lack fp16 kernels
         if dtype == torch.float16 and "not implemented" in str(err).lower():
             pytest.skip(f"fp16 not supported on this CPU build: {err}")
@@ -292,6 +325,85 @@ def test_matches_stock_controlnet_pipeline_oracle(tiny_components):
     stock.set_progress_bar_config(disable=True)
     img = random_image((64, 48), seed=11)
     kw = dict(prompt="a photo", negative_prompt="blurry", num_inference_steps=3, guidance_scale=5.0)
-    a = ours(img, generator=gen(4), conditioning_scale=0.7, output_type="latent", **kw).images
+    a = ours(image=img, generator=gen(4), controlnet_conditioning_scale=0.7, output_type="latent", **kw).images
     b = stock(image=img, generator=gen(4), controlnet_conditioning_scale=0.7, output_type="latent", **kw).images
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------- diffusers call conventions
+def test_prompt_first_positional_and_keyword_calls_equal_the_old_call(tiny_pipe):
+    from pipelines.pipeline_enhancer import DEFAULT_PROMPT
+
+    img = random_image((64, 48), seed=13)
+    kw = dict(num_inference_steps=2, output_type="np")
+    with pytest.warns(FutureWarning):
+        old = tiny_pipe(img, generator=gen(2), conditioning_scale=0.6, **kw).images  # image first, old name
+    calls = [
+        tiny_pipe(DEFAULT_PROMPT, img, generator=gen(2), controlnet_conditioning_scale=0.6, **kw),
+        tiny_pipe(prompt=DEFAULT_PROMPT, image=img, generator=gen(2), controlnet_conditioning_scale=0.6, **kw),
+        tiny_pipe(None, img, generator=gen(2), controlnet_conditioning_scale=0.6, **kw),
+        tiny_pipe(image=img, generator=gen(2), controlnet_conditioning_scale=0.6, **kw),
+    ]
+    for out in calls:
+        np.testing.assert_array_equal(out.images, old)
+    # precomputed embeddings give the same result as the prompts they came from
+    pos, neg = tiny_pipe.encode_prompt(DEFAULT_PROMPT, tiny_pipe.device, 1, True,
+                                       "blurry, dotted, noise, raster lines, unclear, lowres, over-smoothed")
+    emb = tiny_pipe(image=img, prompt_embeds=pos, negative_prompt_embeds=neg, generator=gen(2),
+                    controlnet_conditioning_scale=0.6, **kw).images
+    np.testing.assert_array_equal(emb, old)
+
+
+def test_tensor_inputs_in_both_ranges_agree(tiny_pipe):
+    img = random_image((32, 32), seed=14)
+    t01 = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255
+    a = tiny_pipe(image=t01, generator=gen(0), **FAST).images
+    b = tiny_pipe(image=t01 * 2 - 1, generator=gen(0), **FAST).images  # [-1, 1], as VaeImageProcessor outputs
+    c = tiny_pipe(image=t01[None], generator=gen(0), **FAST).images
+    np.testing.assert_allclose(a, b, atol=1.01 / 255)
+    np.testing.assert_array_equal(a, c)
+
+
+def test_num_images_per_prompt_and_given_latents(tiny_pipe):
+    img = random_image((32, 32), seed=15)
+    single = [tiny_pipe(image=img, generator=gen(s), **FAST).images[0] for s in (0, 1)]
+    two = tiny_pipe(image=img, num_images_per_prompt=2, generator=[gen(0), gen(1)], **FAST).images
+    assert two.shape == (2, 32, 32, 3)
+    for got, ref in zip(two, single):
+        np.testing.assert_allclose(got, ref, atol=1.01 / 255)  # batched vs single: float rounding only
+    # two prompts for one image: a batch of 2
+    pair = tiny_pipe(["a photo", "a painting"], img, generator=[gen(0), gen(0)], **FAST).images
+    assert pair.shape == (2, 32, 32, 3) and np.abs(pair[0] - pair[1]).max() > 1e-3
+    # given latents = the noise the generator would have drawn
+    noise = torch.randn(1, 4, 4, 4, generator=gen(5))
+    np.testing.assert_array_equal(tiny_pipe(image=img, latents=noise, **FAST).images,
+                                  tiny_pipe(image=img, generator=gen(5), **FAST).images)
+
+
+def test_callback_on_step_end_sees_and_replaces_tensors(tiny_pipe):
+    img = random_image((32, 32), seed=16)
+    ref = tiny_pipe(image=img, generator=gen(0), num_inference_steps=3, output_type="latent").images
+    seen = []
+
+    def record(pipe, step, t, tensors):
+        seen.append((step, int(t), tuple(tensors["latents"].shape), tuple(tensors["prompt_embeds"].shape)))
+        return {}
+
+    same = tiny_pipe(image=img, generator=gen(0), num_inference_steps=3, output_type="latent",
+                     callback_on_step_end=record, callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"]).images
+    torch.testing.assert_close(same, ref, rtol=0, atol=0)
+    assert [s[0] for s in seen] == [0, 1, 2] and seen[0][2] == (1, 4, 4, 4) and seen[0][3] == (2, 77, 32)
+
+    def zero_last(pipe, step, t, tensors):
+        return {"latents": torch.zeros_like(tensors["latents"])} if step == pipe.num_timesteps - 1 else {}
+
+    zeroed = tiny_pipe(image=img, generator=gen(0), num_inference_steps=3, output_type="latent",
+                       callback_on_step_end=zero_last).images
+    assert torch.count_nonzero(zeroed) == 0
+    # a diffusers callback that switches guidance off half-way
+    from diffusers.callbacks import SDCFGCutoffCallback
+
+    cut = tiny_pipe(image=img, generator=gen(0), num_inference_steps=4, output_type="latent",
+                    callback_on_step_end=SDCFGCutoffCallback(cutoff_step_ratio=0.5)).images
+    full = tiny_pipe(image=img, generator=gen(0), num_inference_steps=4, output_type="latent").images
+    assert torch.isfinite(cut).all() and (cut - full).abs().max() > 1e-4

@@ -210,3 +210,82 @@ def test_works_with_stock_controlnet(tiny_unet):
         down, mid = controlnet(x, t, ehs, controlnet_cond=cond, return_dict=False)
         out = tiny_unet(x, t, ehs, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
     assert len(down) == 6 and out.shape == x.shape
+
+
+def _barrier_hook(unet, barrier):
+    """A hook inside an up block that makes concurrent calls meet there (both calls are then in the
+    middle of their forward at the same time)."""
+
+    def hook(mod, args, kwargs):
+        barrier.wait(timeout=30)
+
+    return unet.up_blocks[1].pixel_attentions[0].register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def test_concurrent_calls_from_two_threads_equal_sequential_calls(tiny_unet):
+    import threading
+
+    calls = []
+    for seed in (0, 5):
+        x, t, ehs = _inputs(seed)
+        down, mid = _residuals(seed + 1)
+        calls.append(dict(sample=x, timestep=t, encoder_hidden_states=ehs,
+                          down_block_additional_residuals=down, mid_block_additional_residual=mid))
+    with torch.no_grad():
+        sequential = [tiny_unet(**kw).sample for kw in calls]
+    before = {i: set(vars(b)) for i, b in enumerate(tiny_unet.up_blocks)}
+    results, errors = [None, None], []
+    handle = _barrier_hook(tiny_unet, threading.Barrier(2))
+
+    def work(i):
+        try:
+            with torch.no_grad():
+                results[i] = tiny_unet(**calls[i]).sample
+        except Exception as err:  # noqa: BLE001 - reported by the main thread
+            errors.append(err)
+
+    try:
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(60)
+    finally:
+        handle.remove()
+    assert not errors, errors
+    for got, ref in zip(results, sequential):
+        torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    assert {i: set(vars(b)) for i, b in enumerate(tiny_unet.up_blocks)} == before  # no per-call attributes
+
+
+def test_nested_call_inside_a_forward_does_not_disturb_the_outer_one(tiny_unet):
+    x, t, ehs = _inputs(0)
+    down, mid = _residuals(1)
+    x2, t2, ehs2 = _inputs(3)
+    down2, mid2 = _residuals(4)
+    with torch.no_grad():
+        ref = tiny_unet(x, t, ehs, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+        inner_ref = tiny_unet(x2, t2, ehs2).sample
+    inner = []
+
+    def hook(mod, args, kwargs):
+        if not inner:
+            inner.append(None)
+            inner[0] = tiny_unet(x2, t2, ehs2).sample  # re-enters the same UNet mid-forward
+
+    handle = tiny_unet.up_blocks[0].pixel_attentions[0].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            out = tiny_unet(x, t, ehs, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+    finally:
+        handle.remove()
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    torch.testing.assert_close(inner[0], inner_ref, rtol=0, atol=0)
+
+
+def test_up_blocks_refuse_calls_without_their_maps(tiny_unet):
+    block = tiny_unet.up_blocks[0]
+    h = torch.randn(1, 64, 2, 2)
+    skips = (torch.randn(1, 64, 2, 2), torch.randn(1, 64, 2, 2))
+    with pytest.raises(RuntimeError, match="PASDUNet2DConditionModel.forward"):
+        block(h, skips, torch.randn(1, 128))

@@ -95,7 +95,7 @@ def test_training_changes_only_trainable_parameters(sd_dir, data_dir, tmp_path):
 
     pipe = EnhancerPipeline.from_pretrained(out / "pipeline")
     pipe.set_progress_bar_config(disable=True)
-    img = pipe(random_image((32, 32)), num_inference_steps=1, generator=torch.Generator().manual_seed(0)).images[0]
+    img = pipe(image=random_image((32, 32)), num_inference_steps=1, generator=torch.Generator().manual_seed(0)).images[0]
     assert img.size == (32, 32)
 
 
@@ -130,3 +130,45 @@ def test_bad_data_dir_is_a_clear_error(sd_dir, tmp_path, capsys):
 def test_missing_model_is_a_clear_error(data_dir, tmp_path, capsys):
     assert _run(_args(tmp_path / "no-sd", data_dir, tmp_path / "run", "--max-train-steps", "1")) == 1
     assert "could not load the models" in capsys.readouterr().err
+
+
+def _count_updates(gas: int, nested: bool, batches: int = 8) -> int:
+    """Optimiser updates over ``batches`` batches under accelerate, with the official nested
+    ``accumulate(controlnet), accumulate(unet)`` or our single ``accumulate(controlnet, unet)``."""
+    from accelerate import Accelerator
+
+    torch.manual_seed(0)
+    controlnet, unet = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    acc = Accelerator(gradient_accumulation_steps=gas, cpu=True)
+    try:
+        opt = torch.optim.SGD(list(controlnet.parameters()) + list(unet.parameters()), lr=0.1)
+        controlnet, unet, opt = acc.prepare(controlnet, unet, opt)
+        updates, last = 0, unet.weight.detach().clone()
+        for _ in range(batches):
+            if nested:
+                ctx = [acc.accumulate(controlnet), acc.accumulate(unet)]
+            else:
+                ctx = [acc.accumulate(controlnet, unet)]
+            with ctx[0], (ctx[1] if nested else torch.enable_grad()):
+                loss = unet(controlnet(torch.ones(1, 2))).square().sum()
+                acc.backward(loss)
+                opt.step()
+                opt.zero_grad()
+            if not torch.equal(unet.weight, last):
+                updates += 1
+                last = unet.weight.detach().clone()
+        return updates
+    finally:
+        _reset_accelerate()
+
+
+def test_default_accumulation_matches_the_released_update_cadence():
+    """The official nested accumulate with gradient_accumulation_steps=4 stepped every 2 batches; our
+    default (2, single accumulate) steps exactly as often."""
+    from training.train_enhancer import parse_args
+
+    official = _count_updates(4, nested=True)
+    assert official == 4  # 8 batches, one update every 2 (not every 4)
+    default = parse_args(["--pretrained-model", "x", "--train-data-dir", "d", "--output-dir", "o"])
+    assert _count_updates(default.gradient_accumulation_steps, nested=False) == official
+    assert default.train_batch_size == 4
