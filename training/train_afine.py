@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 
 from .arguments import CONFIG_DIR, ConfigError, load_stage_config, parse_args, resolve_config
 
-__all__ = ["main", "parse_args", "load_stage_config", "resolve_config", "build_initial_model", "latest_checkpoint",
+__all__ = ["main", "train", "build_trainer", "parse_args", "load_stage_config", "resolve_config", "build_initial_model", "latest_checkpoint",
            "ConfigError", "CONFIG_DIR", "NATURAL_FIT_FILE"]
 
 logger = logging.getLogger("training.train_afine")
@@ -216,8 +216,8 @@ def _pipal_folder(cfg: dict, explicit: Optional[str]) -> Optional[str]:
 # ----------------------------------------------------------------------------------------------- run
 
 
-def train(parsed) -> int:
-    from accelerate.utils import gather_object
+def build_trainer(parsed, callbacks=None):
+    """``(trainer, config, resume checkpoint or None)`` for a parsed command line; loads data and the model."""
     from transformers.trainer_utils import set_seed
 
     from .data import TripletDataset
@@ -241,7 +241,7 @@ def train(parsed) -> int:
         from transformers.trainer_utils import IntervalStrategy
 
         args.eval_strategy = IntervalStrategy.NO
-    set_seed(int(cfg["seed"]))  # seeds the random heads of a fresh model exactly as before
+    set_seed(int(cfg["seed"]))  # the random heads of a fresh model
     model = build_initial_model(str(cfg["init"]), cfg["stage"])
     if cfg["stage"] == 3:
         say(f"stage 3: naturalness calibration starts from {_stage3_natural_calibration(model, sa.natural_calibration, cfg['init'])}")
@@ -252,7 +252,7 @@ def train(parsed) -> int:
                              hflip=bool(cfg["augment"].get("hflip", True)), rot=bool(cfg["augment"].get("rot", True)),
                              seed=int(cfg["seed"]))
     trainer = AfineStageTrainer(model, args, stage_config=cfg, train_dataset=dataset, validation_sets=val_sets,
-                                stop_at_step=sa.stop_at_step)
+                                stop_at_step=sa.stop_at_step, callbacks=callbacks)
     if resume is not None:
         step = _check_resume(resume, trainer.run_record())
         if is_main:
@@ -264,6 +264,18 @@ def train(parsed) -> int:
         say(f"stage {cfg['stage']}: {len(dataset)} triplets, {args.world_size} process(es) x {cfg['batch_size']} x "
             f"{args.gradient_accumulation_steps} accumulation per step, {cfg['max_steps']} steps, trainable "
             f"{sum(p.numel() for ps in trainer.param_groups.values() for p in ps)} parameters in {list(trainer.param_groups)}")
+    return trainer, cfg, resume
+
+
+def train(parsed, callbacks=None) -> int:
+    """Run one stage (all processes); export, checksums and the stage-1 calibration fit at the end."""
+    from accelerate.utils import gather_object
+
+    trainer, cfg, resume = build_trainer(parsed, callbacks)
+    sa, args = parsed.stage, parsed.training
+    output_dir = Path(args.output_dir)
+    is_main = args.process_index == 0
+    say = print if is_main else (lambda *a, **k: None)
     trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     steps = trainer.state.global_step
     if steps < int(cfg["max_steps"]):
@@ -307,8 +319,7 @@ def _fit_natural_calibration(trainer, cfg: dict, sa, output_dir: Path) -> Option
               f"--model {output_dir} --data-dir /data/PIPAL --write-model {output_dir}")
         return None
     print(f"fitting the naturalness calibration on PIPAL train ({pipal}) for stage 3 ...")
-    fit = fit_calibration("naturalness", str(output_dir), "pipal", pipal, cache=str(output_dir / "natural_fit_scores.jsonl"),
-                          device=str(trainer.args.device), batch_size=int(trainer.args.per_device_eval_batch_size),
+    fit = fit_calibration("naturalness", str(output_dir), "pipal", pipal, device=str(trainer.args.device), batch_size=int(trainer.args.per_device_eval_batch_size),
                           cache_dir=sa.cache_dir, progress=not trainer.args.disable_tqdm)
     (output_dir / NATURAL_FIT_FILE).write_text(json.dumps(fit, indent=2) + "\n")
     net = trainer.afine_model

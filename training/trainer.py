@@ -32,7 +32,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from .data import TripletDataset, collate_triplets
-from .export import CODE_FILES, save_model_folder, write_model_card
+from .export import save_model_folder, write_model_card
 from .schedule import build_cosine_restart_scheduler, scale_periods
 from .stages import StageModule, set_trainable
 
@@ -260,10 +260,9 @@ class AfineStageTrainer(Trainer):
         # The library copies config + weights into output_dir before uploading it; the code files that
         # config.json's auto_map points to and the processor config must travel with them.
         if self.args.should_save:
-            for name in CODE_FILES + ("preprocessor_config.json",):
-                src = Path(checkpoint_folder) / name
+            for src in [*Path(checkpoint_folder).glob("*.py"), Path(checkpoint_folder) / "preprocessor_config.json"]:
                 if src.is_file():
-                    shutil.copy(src, Path(self.args.output_dir) / name)
+                    shutil.copy(src, Path(self.args.output_dir) / src.name)
         super()._push_from_checkpoint(checkpoint_folder)
 
     def create_model_card(self, **kwargs: Any) -> None:
