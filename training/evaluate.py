@@ -1,6 +1,6 @@
 """Benchmark evaluation of an A-FINE model (spec/afine.md §3.4, §4).
 
-    python -m training.evaluate --model runs/stage3/final --dataset sriqa_bench --data-dir /data/SRIQA-Bench
+    python -m training.evaluate --model runs/stage3 --dataset sriqa_bench --data-dir /data/SRIQA-Bench
     python -m training.evaluate --model DIR --dataset diffiqa --data-dir /data/DiffIQA        # PSY PNY SNY PYY NYY
     python -m training.evaluate --model DIR --dataset kadid10k --data-dir /data/KADID10K --config triplets,mos
 
@@ -11,7 +11,8 @@ where it stopped and a second run (other views, other score field) reuses every 
 
 Metrics come from :mod:`dataset_scripts.agreement`:
 
-* triplet/pair views (SRIQA-Bench ``pairs*``, DiffIQA per-type views, classic ``triplets``): official 2AFC
+* triplet/pair views (SRIQA-Bench ``pairs*``, DiffIQA per-type views, classic ``auto`` = the shipped
+  ``Test/Triplet/Triplet.txt`` when present, else ``triplets`` regenerated with a notice): official 2AFC
   accuracy at delta 0 of ``score(img1, ref)`` vs ``score(img2, ref)`` against ``g12``; ties (g = 0.5) stay in
   the denominator (official protocol);
 * MOS views (classic ``mos``, SRIQA-Bench ``MOS*``): SRCC, KRCC, PLCC (linear) and PLCC after a 4-parameter
@@ -55,9 +56,10 @@ SCORE_FIELDS = ("score", "score_raw", "fidelity", "naturalness_distorted", "natu
 DEFAULT_VIEWS: dict[str, "OrderedDict[str, str]"] = {
     "sriqa_bench": OrderedDict([("pairs_Reg", "Reg"), ("pairs_Gen", "Gen"), ("pairs", "Overall")]),
     "diffiqa": OrderedDict((t, t) for t in ("PSY", "PNY", "SNY", "PYY", "NYY")),
-    "kadid10k": OrderedDict([("triplets", "triplets"), ("mos", "mos")]),
-    "pipal": OrderedDict([("triplets", "triplets"), ("mos", "mos")]),
-    "tid2013": OrderedDict([("triplets", "triplets"), ("mos", "mos")]),
+    # "auto": the authors' shipped Test/Triplet/Triplet.txt when present, else regenerated (with a notice)
+    "kadid10k": OrderedDict([("auto", "triplets"), ("mos", "mos")]),
+    "pipal": OrderedDict([("auto", "triplets"), ("mos", "mos")]),
+    "tid2013": OrderedDict([("auto", "triplets"), ("mos", "mos")]),
 }
 
 ImageRef = Union[str, bytes]
@@ -261,8 +263,13 @@ def evaluate(model, dataset: str, data_dir, *, configs: Optional[Sequence[str]] 
         names = OrderedDict((c, DEFAULT_VIEWS.get(dataset, {}).get(c, c)) for c in configs)
     else:
         names = DEFAULT_VIEWS[dataset]
+    from .data import resolve_triplet_config
+
     views = OrderedDict()
     for config, label in names.items():
+        config, notice = resolve_triplet_config(dataset, data_dir, config, split or "test")
+        if notice:
+            print(notice, file=sys.stderr)
         views[label] = (config,) + view_records(dataset, data_dir, config, split, seed=seed, cache_dir=cache_dir)
     model_id = str(model) if scorer is None else str(getattr(scorer, "model_id", "in-memory"))
     if scorer is None:

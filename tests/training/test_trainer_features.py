@@ -38,8 +38,10 @@ def init_dir(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.filterwarnings("ignore:`gradient_checkpointing` is deprecated:FutureWarning")
 def test_gradient_accumulation_equals_one_large_batch(tmp_path, init_dir, triplet_txt):
-    """2 micro-batches of 2 give the gradient, loss and update of one batch of 4 (the same 4 triplets)."""
+    """2 micro-batches of 2 give the gradient, loss and update of one batch of 4 (the same 4 triplets); so does
+    a run with --gradient_checkpointing."""
     from transformers import TrainerCallback
 
     from training.train_afine import parse_args, train
@@ -54,11 +56,12 @@ def test_gradient_accumulation_equals_one_large_batch(tmp_path, init_dir, triple
     cfg = tmp_path / "s1.json"
     cfg.write_text(json.dumps(BIG_LR))
     runs = {}
-    for name, batch, accum in (("one", "4", "1"), ("accum", "2", "2")):
+    for name, batch, accum, extra in (("one", "4", "1", []), ("accum", "2", "2", []),
+                                      ("checkpointing", "4", "1", ["--gradient_checkpointing"])):
         grab = Grab()
         out = tmp_path / name
         argv = ["--config", str(cfg), "--init", str(init_dir), "--logging_steps", "1",
-                "--gradient_accumulation_steps", accum] + _common(txt, images, out, batch=batch)
+                "--gradient_accumulation_steps", accum] + extra + _common(txt, images, out, batch=batch)
         try:
             assert train(parse_args(argv), callbacks=[grab]) == 0
         finally:
@@ -76,6 +79,11 @@ def test_gradient_accumulation_equals_one_large_batch(tmp_path, init_dir, triple
             torch.testing.assert_close(s2[k], s1[k], rtol=1e-3, atol=3e-5, msg=k)
     info = json.loads((tmp_path / "accum" / "training_info.json").read_text())
     assert info["gradient_accumulation_steps"] == 2
+    # activation (gradient) checkpointing of the CLIP blocks recomputes the same graph: the same gradients
+    g3 = runs["checkpointing"][0]
+    assert g3.keys() == g1.keys()
+    for k in g1:
+        torch.testing.assert_close(g3[k], g1[k], rtol=1e-5, atol=1e-8, msg=k)
 
 
 def test_tensorboard_run_writes_the_logged_scalars(tmp_path, init_dir, triplet_txt):
