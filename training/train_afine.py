@@ -253,10 +253,10 @@ def build_trainer(parsed, callbacks=None):
                              seed=int(cfg["seed"]))
     trainer = AfineStageTrainer(model, args, stage_config=cfg, train_dataset=dataset, validation_sets=val_sets,
                                 stop_at_step=sa.stop_at_step, callbacks=callbacks)
+    step = _check_resume(resume, trainer.run_record()) if resume is not None else 0
+    if is_main:  # a fresh run starts a fresh log; a resumed one drops what came after its checkpoint
+        _truncate_log(output_dir / LOG_FILE, step)
     if resume is not None:
-        step = _check_resume(resume, trainer.run_record())
-        if is_main:
-            _truncate_log(output_dir / LOG_FILE, step)
         say(f"resuming from {resume} at step {step}")
     if is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
