@@ -205,6 +205,9 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: str = "afine train st
     training_fields, stage_fields = _field_names()
     parser = HfArgumentParser((StageArguments, TrainingArguments), prog=prog,
                               description="Train one A-FINE stage with transformers.Trainer (docs/training.md).")
+    for action in parser._actions:  # flags refused below are not advertised
+        if action.dest in REFUSED_FLAGS:
+            action.help = argparse.SUPPRESS
     cfg: dict = {}
     if known.config is not None or known.stage is not None:
         if known.stage is not None and known.stage not in (1, 2, 3):
