@@ -256,6 +256,9 @@ class AfineStageTrainer(Trainer):
         target = self.accelerator.unwrap_model(model if model is not None else self.model).model
         target.load_state_dict(safetensors.torch.load_file(str(path), device="cpu"), strict=True)
 
+    def _load_best_model(self) -> None:  # --load_best_model_at_end (e.g. --metric_for_best_model 2afc)
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
+
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         # The library copies config + weights into output_dir before uploading it; the code files that
         # config.json's auto_map points to and the processor config must travel with them.

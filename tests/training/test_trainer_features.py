@@ -269,3 +269,22 @@ def test_shipped_triplet_files_are_preferred(tmp_path, hf_cache, capsys):
         (d1, d2, ref, 1.0, 0.0), (d2, ref, ref, 0.0, 0.5)]
     regenerated = triplets_from_dataset("pipal", root, config="auto", split="validation", cache_dir=str(hf_cache))
     assert regenerated and "no shipped" in capsys.readouterr().out
+
+
+def test_load_best_model_at_end_exports_the_best_checkpoint(tmp_path, init_dir, triplet_txt):
+    from modeling_afine import AfineModel
+
+    txt, images = triplet_txt
+    out = tmp_path / "run"
+    cfg = tmp_path / "s1.json"
+    cfg.write_text(json.dumps(BIG_LR))
+    assert run_train(["--config", str(cfg), "--init", str(init_dir), "--val_triplets", f"{txt}:{images}",
+                      "--eval_steps", "1", "--save_steps", "1", "--load_best_model_at_end", "--metric_for_best_model",
+                      "2afc"] + _common(txt, images, out, steps="3", batch="2")) == 0
+    state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
+    accs = {r["step"]: r["val_2afc"]["Triplet"] for r in _log(out) if "val_2afc" in r}
+    best_step = max(accs, key=lambda s: (accs[s], -s))  # the first step with the best accuracy
+    assert state["best_global_step"] == best_step and best_step != 3  # (else the test could not tell)
+    best = AfineModel.from_pretrained(str(out / f"checkpoint-{best_step}")).state_dict()
+    final = AfineModel.from_pretrained(str(out)).state_dict()
+    assert all(torch.equal(best[k], final[k]) for k in best)
