@@ -230,8 +230,10 @@ def build_trainer(parsed, callbacks=None):
     say = print if is_main else (lambda *a, **k: None)
     resume = _resolve_resume(args.resume_from_checkpoint, output_dir, is_main)
 
-    # The main process prepares the datasets cache first; the others then read it (no concurrent writes).
-    with args.main_process_first(desc="dataset preparation"):
+    # The main process prepares the datasets cache first; the others then read it (no concurrent writes). On
+    # shared storage that is the main process of all nodes; with --save_on_each_node (node-local storage) the
+    # main process of each node.
+    with args.main_process_first(local=bool(args.save_on_each_node), desc="dataset preparation"):
         triplets = load_triplets(cfg, sa.cache_dir, notify=say)
         val_sets = load_validation_sets(cfg, sa.cache_dir, notify=say) if cfg["validation"]["every"] else []
     if cfg["validation"]["skipped"]:
