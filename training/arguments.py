@@ -297,7 +297,7 @@ def _resolve_validation(cfg: dict, sa: StageArguments, ta, overrides: dict, data
     """Validation sources with their folders; configured sources whose dataset has no folder are ``skipped``."""
     val = dict(cfg.get("validation") or {})
     strategy = str(getattr(ta.eval_strategy, "value", ta.eval_strategy))
-    every = int(ta.eval_steps or 0) if strategy == "steps" else 0
+    every = (ta.eval_steps or ta.logging_steps or 0) if strategy == "steps" else (1 if strategy == "epoch" else 0)
     sources, skipped = [], []
     if sa.val_triplets:
         sources = [dict(zip(("triplets", "image_dir"), _split_spec(s, ":", "--val_triplets"))) for s in sa.val_triplets]
