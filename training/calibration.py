@@ -182,7 +182,10 @@ def read_fit(path) -> dict:
 
 
 def apply_fit(model, fit: dict) -> None:
-    """Write a fit into an :class:`~modeling_afine.AfineModel` (config, and parameters for N and F)."""
+    """Write a fit into an :class:`~modeling_afine.AfineModel` (config, and parameters for N and F).
+
+    A naturalness fit is also recorded as ``config.natural_calibration_fit`` (stage 3 refuses to start without one).
+    """
     import torch
 
     applied = False
@@ -192,6 +195,9 @@ def apply_fit(model, fit: dict) -> None:
             model.natural_calibration.yita4.fill_(float(fit["natural_scale"]))
             model.config.natural_center_init = float(fit["natural_center"])
             model.config.natural_scale_init = float(fit["natural_scale"])
+            # what stage 3 checks before it starts from these values (the official flow refits them after stage 1)
+            model.config.natural_calibration_fit = {k: fit[k] for k in ("natural_center", "natural_scale", "rmse", "n",
+                                                                         "dataset", "config", "split") if k in fit}
             applied = True
         if "fidelity_center" in fit:
             model.fidelity_calibration.yita3.fill_(float(fit["fidelity_center"]))

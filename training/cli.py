@@ -1,11 +1,12 @@
 """``afine train``: the training stages, calibration fits and benchmark evaluation.
 
-    afine train stage --stage 1 --output-dir runs/stage1 --data diffiqa=/data/DiffIQA ...
+    afine train stage --stage 1 --output_dir runs/stage1 --data diffiqa=/data/DiffIQA ... [TrainingArguments flags]
     afine train --stage 1 ...                                    (same as 'stage')
-    afine train fit-calibration naturalness --model runs/stage1/final --data-dir /data/PIPAL --output nr.json
-    afine train evaluate --model runs/stage3/final --dataset sriqa_bench --data-dir /data/SRIQA-Bench
+    afine train fit-calibration naturalness --model runs/stage1 --data-dir /data/PIPAL --output nr.json
+    afine train evaluate --model runs/stage3 --dataset sriqa_bench --data-dir /data/SRIQA-Bench
 
-For several processes/GPUs launch the stage module itself: ``accelerate launch -m training.train_afine ...``.
+For several processes/GPUs launch the modules themselves: ``accelerate launch -m training.train_afine ...``,
+``accelerate launch -m training.evaluate ...``.
 Exit codes: 0 ok, 1 failure, 2 usage error.
 """
 
@@ -17,7 +18,7 @@ from typing import Optional, Sequence
 __all__ = ["main", "COMMANDS"]
 
 COMMANDS = {
-    "stage": "train one A-FINE stage (1: CLIP + naturalness, 2: fidelity head, 3: calibrations + adapter)",
+    "stage": "train one A-FINE stage on transformers.Trainer (1: CLIP + naturalness, 2: fidelity head, 3: calibrations + adapter)",
     "fit-calibration": "fit logistic calibration constants to MOS (naturalness, fidelity, score)",
     "evaluate": "2AFC accuracy / SRCC / PLCC / KRCC on a benchmark, with a resumable score cache",
 }

@@ -3,7 +3,8 @@
 Sources (each yields :class:`Triplet` records with the labels of ``dataset_scripts.schema``: ``g12`` =
 P(img1 better than img2), ``g1ref``/``g2ref`` = P(img1/img2 better than ref), higher quality = better):
 
-* :func:`triplets_from_dataset` - a triplet view of :func:`dataset_scripts.load` (``triplets`` config);
+* :func:`triplets_from_dataset` - a triplet view of :func:`dataset_scripts.load` (``auto``: the shipped nlogn
+  files of KADID-10k / PIPAL / TID2013 when present, see :func:`resolve_triplet_config`);
 * :func:`triplets_from_txt` - an official ``Triplet.txt`` (``img1,img2,ref,g12[,g1ref,g2ref]``) with a folder
   holding the images (searched recursively by file name).
 
@@ -32,6 +33,8 @@ __all__ = [
     "collate_triplets",
     "triplets_from_dataset",
     "triplets_from_txt",
+    "resolve_triplet_config",
+    "SHIPPED_TRIPLET_DATASETS",
     "DataSourceError",
 ]
 
@@ -72,18 +75,58 @@ def _image_source(cell, column: str, row: int) -> ImageSource:
     raise DataSourceError(f"row {row}: {column} has no image path or bytes")
 
 
-def triplets_from_dataset(dataset: str, data_dir: Union[str, os.PathLike], *, config: str = "triplets",
+#: Datasets whose authors shipped nlogn triplet files (``{Train,Validation,Test}/Triplet/Triplet.txt``).
+SHIPPED_TRIPLET_DATASETS = ("kadid10k", "pipal", "tid2013")
+
+
+def resolve_triplet_config(dataset: str, data_dir: Union[str, os.PathLike], config: str,
+                           split: str) -> tuple[str, Optional[str]]:
+    """The concrete view behind ``config`` and a notice to print (or None).
+
+    ``"auto"`` (the shipped stage configs' choice for every dataset) means: for KADID-10k, PIPAL and TID2013
+    the authors' shipped nlogn triplets (``triplets_shipped``) when ``{Split}/Triplet/Triplet.txt`` exists for
+    ``split``, else the triplets regenerated from the MOS files with the seed (``triplets``) and a notice
+    saying so; for DiffIQA the ``triplets`` view (derived deterministically from the raw labels). Any other
+    config name is used as given.
+    """
+    if config != "auto":
+        return config, None
+    from dataset_scripts.layouts import SPLIT_FOLDERS
+    from dataset_scripts.loading import normalize_dataset_name
+
+    name = normalize_dataset_name(dataset)
+    if name not in SHIPPED_TRIPLET_DATASETS:
+        return "triplets", None
+    folder = {v: k for k, v in SPLIT_FOLDERS.items()}.get(split, split)
+    shipped = Path(data_dir) / folder / "Triplet" / "Triplet.txt"
+    if shipped.is_file():
+        return "triplets_shipped", None
+    return "triplets", (f"notice: {name} {split}: no shipped {shipped} - using nlogn triplets regenerated from the MOS "
+                        "files with the seed (the official runs used the shipped files)")
+
+
+def triplets_from_dataset(dataset: str, data_dir: Union[str, os.PathLike], *, config: str = "auto",
                           split: str = "train", seed: int = 0, cache_dir: Optional[str] = None,
-                          allow_empty: bool = False) -> list[Triplet]:
+                          notify=print) -> list[Triplet]:
     """Triplets of ``dataset_scripts.load(dataset, data_dir, config, split=split, seed=seed)``.
 
-    Any config with the triplet schema works (``triplets``, ``triplets_shipped``, DiffIQA per-type configs).
+    Any config with the triplet schema works (``triplets``, ``triplets_shipped``, DiffIQA per-type configs),
+    and ``"auto"`` (see :func:`resolve_triplet_config`; its notice goes to ``notify``). A missing split or an
+    empty one raises :class:`DataSourceError` naming the dataset, the folder and the split.
     """
     import datasets
 
     import dataset_scripts
 
-    ds = dataset_scripts.load(dataset, data_dir, name=config, split=split, seed=seed, cache_dir=cache_dir)
+    config, notice = resolve_triplet_config(dataset, data_dir, config, split)
+    if notice and notify is not None:
+        notify(notice)
+    try:
+        ds = dataset_scripts.load(dataset, data_dir, name=config, split=split, seed=seed, cache_dir=cache_dir)
+    except ValueError as exc:
+        if "split" not in str(exc).lower():
+            raise
+        raise DataSourceError(f"{dataset} ({data_dir}) has no {split!r} split in config {config!r}: {exc}") from exc
     for column in ("img1", "img2", "ref", "g12"):
         if column not in ds.column_names:
             raise DataSourceError(f"{dataset} config {config!r} is not a triplet view (no {column!r} column)")
@@ -97,7 +140,7 @@ def triplets_from_dataset(dataset: str, data_dir: Union[str, os.PathLike], *, co
             _image_source(row["ref"], "ref", i), float(row["g12"]),
             _label(row.get("g1ref")), _label(row.get("g2ref")),
         ))
-    if not out and not allow_empty:
+    if not out:
         raise DataSourceError(f"{dataset} ({data_dir}) config {config!r} split {split!r} has no triplets")
     return out
 
@@ -218,40 +261,49 @@ def collate_triplets(items: list[dict]) -> dict:
 
 
 class StepBatchSampler(torch.utils.data.Sampler):
-    """Deterministic, resumable, process-sharded batches: one batch per optimizer step.
+    """Deterministic, resumable, process-sharded batches: ``accumulation_steps`` micro-batches per optimizer step.
 
     Epoch e is a permutation of the dataset drawn from ``seed + e``; it is cut into global batches of
-    ``batch_size * num_processes`` (the incomplete tail is dropped, as ``drop_last=True``), and process r
-    takes its contiguous ``batch_size`` slice of each. Steps ``start_step + 1 .. max_steps`` are yielded, each
-    item being an ``(index, step)`` key, so resuming at step s reproduces the uninterrupted run's data.
+    ``batch_size * accumulation_steps * num_processes`` triplets (the incomplete tail is dropped, as
+    ``drop_last=True``). Process r takes its contiguous ``batch_size * accumulation_steps`` slice of each and cuts
+    it into ``accumulation_steps`` consecutive micro-batches of ``batch_size``. So the data of a step depends
+    only on the global batch size: (processes, batch, accumulation) = (2, 2, 1), (1, 4, 1) and (1, 2, 2) see
+    the same triplets. Steps ``start_step + 1 .. max_steps`` are yielded; every item is an ``(index, step)`` key
+    (the augmentation is a function of it), so resuming at step s reproduces the uninterrupted run's data.
     """
 
     def __init__(self, num_items: int, batch_size: int, *, max_steps: int, start_step: int = 0, seed: int = 0,
-                 num_processes: int = 1, process_index: int = 0) -> None:
+                 num_processes: int = 1, process_index: int = 0, accumulation_steps: int = 1) -> None:
         self.n, self.batch_size, self.max_steps = int(num_items), int(batch_size), int(max_steps)
         self.start_step, self.seed = int(start_step), int(seed)
         self.world, self.rank = int(num_processes), int(process_index)
-        self.global_batch = self.batch_size * self.world
+        self.accumulation_steps = int(accumulation_steps)
+        if self.batch_size < 1 or self.accumulation_steps < 1:
+            raise ValueError("batch_size and accumulation_steps must be >= 1")
+        self.process_batch = self.batch_size * self.accumulation_steps
+        self.global_batch = self.process_batch * self.world
         self.batches_per_epoch = self.n // self.global_batch
         if self.batches_per_epoch < 1:
             raise DataSourceError(
                 f"the training data has {self.n} triplets, fewer than one global batch "
-                f"({self.batch_size} per process x {self.world} processes)"
+                f"({self.batch_size} per process x {self.accumulation_steps} accumulation steps x {self.world} processes)"
             )
         self._perm_epoch, self._perm = -1, None
 
     def __len__(self) -> int:
-        return max(0, self.max_steps - self.start_step)
+        return max(0, self.max_steps - self.start_step) * self.accumulation_steps
 
     def batch_for_step(self, step: int) -> list[tuple[int, int]]:
-        """The ``(index, step)`` keys of this process for 1-based ``step``."""
+        """The ``(index, step)`` keys of this process for 1-based ``step`` (all its micro-batches, in order)."""
         epoch, pos = divmod(step - 1, self.batches_per_epoch)
         if epoch != self._perm_epoch:
             g = torch.Generator().manual_seed(self.seed + epoch)
             self._perm, self._perm_epoch = torch.randperm(self.n, generator=g).tolist(), epoch
-        start = pos * self.global_batch + self.rank * self.batch_size
-        return [(i, step) for i in self._perm[start : start + self.batch_size]]
+        start = pos * self.global_batch + self.rank * self.process_batch
+        return [(i, step) for i in self._perm[start : start + self.process_batch]]
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for step in range(self.start_step + 1, self.max_steps + 1):
-            yield self.batch_for_step(step)
+            keys = self.batch_for_step(step)
+            for j in range(self.accumulation_steps):
+                yield keys[j * self.batch_size : (j + 1) * self.batch_size]

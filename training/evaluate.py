@@ -1,6 +1,6 @@
 """Benchmark evaluation of an A-FINE model (spec/afine.md §3.4, §4).
 
-    python -m training.evaluate --model runs/stage3/final --dataset sriqa_bench --data-dir /data/SRIQA-Bench
+    python -m training.evaluate --model runs/stage3 --dataset sriqa_bench --data-dir /data/SRIQA-Bench
     python -m training.evaluate --model DIR --dataset diffiqa --data-dir /data/DiffIQA        # PSY PNY SNY PYY NYY
     python -m training.evaluate --model DIR --dataset kadid10k --data-dir /data/KADID10K --config triplets,mos
 
@@ -11,7 +11,8 @@ where it stopped and a second run (other views, other score field) reuses every 
 
 Metrics come from :mod:`dataset_scripts.agreement`:
 
-* triplet/pair views (SRIQA-Bench ``pairs*``, DiffIQA per-type views, classic ``triplets``): official 2AFC
+* triplet/pair views (SRIQA-Bench ``pairs*``, DiffIQA per-type views, classic ``auto`` = the shipped
+  ``Test/Triplet/Triplet.txt`` when present, else ``triplets`` regenerated with a notice): official 2AFC
   accuracy at delta 0 of ``score(img1, ref)`` vs ``score(img2, ref)`` against ``g12``; ties (g = 0.5) stay in
   the denominator (official protocol);
 * MOS views (classic ``mos``, SRIQA-Bench ``MOS*``): SRCC, KRCC, PLCC (linear) and PLCC after a 4-parameter
@@ -20,6 +21,10 @@ Metrics come from :mod:`dataset_scripts.agreement`:
 The score compared is ``--score-field`` (default ``score_raw``, the unscaled A used by the official stage-3
 evaluation; ``naturalness_distorted_raw`` is the stage-1 criterion and ``fidelity_raw`` the stage-2 one;
 ``score`` is the 0-100 output, a monotonic map of A, so its 2AFC accuracy equals that of A up to saturation).
+
+Several processes (``accelerate launch -m training.evaluate ...`` or ``torchrun``) share the scoring: process r of
+W scores the missing pairs i with ``i % W == r`` into ``<cache>.part{r}-of-{W}``; the main process merges the
+parts into the cache in input order and reports. An interrupted sharded run resumes with any number of processes.
 
 Exit codes: 0 ok, 1 failure (missing data, unreadable images, model not found), 2 usage error.
 """
@@ -41,6 +46,8 @@ __all__ = [
     "DEFAULT_VIEWS",
     "ScoreCache",
     "score_pairs",
+    "score_pairs_sharded",
+    "merge_part_files",
     "view_records",
     "evaluate",
     "format_table",
@@ -55,9 +62,10 @@ SCORE_FIELDS = ("score", "score_raw", "fidelity", "naturalness_distorted", "natu
 DEFAULT_VIEWS: dict[str, "OrderedDict[str, str]"] = {
     "sriqa_bench": OrderedDict([("pairs_Reg", "Reg"), ("pairs_Gen", "Gen"), ("pairs", "Overall")]),
     "diffiqa": OrderedDict((t, t) for t in ("PSY", "PNY", "SNY", "PYY", "NYY")),
-    "kadid10k": OrderedDict([("triplets", "triplets"), ("mos", "mos")]),
-    "pipal": OrderedDict([("triplets", "triplets"), ("mos", "mos")]),
-    "tid2013": OrderedDict([("triplets", "triplets"), ("mos", "mos")]),
+    # "auto": the authors' shipped Test/Triplet/Triplet.txt when present, else regenerated (with a notice)
+    "kadid10k": OrderedDict([("auto", "triplets"), ("mos", "mos")]),
+    "pipal": OrderedDict([("auto", "triplets"), ("mos", "mos")]),
+    "tid2013": OrderedDict([("auto", "triplets"), ("mos", "mos")]),
 }
 
 ImageRef = Union[str, bytes]
@@ -174,6 +182,62 @@ def score_pairs(scorer, pairs: Iterable[tuple[ImageRef, ImageRef]], cache: Score
     return total
 
 
+def part_files(cache_path) -> list[Path]:
+    """The per-process part files next to a cache (``<cache>.part{rank}-of-{world}``), any world size."""
+    cache_path = Path(cache_path)
+    return sorted(cache_path.parent.glob(cache_path.name + ".part*-of-*"))
+
+
+def merge_part_files(cache_path, model_id: str, pairs: Sequence[tuple[ImageRef, ImageRef]] = ()) -> int:
+    """Append the rows of every part file to the cache - in the input order of ``pairs``, rows of other pairs
+    after them - and delete the part files. Returns the number of rows added. Main process only."""
+    store = ScoreCache(cache_path, model_id)
+    rows: dict[tuple[str, str], dict[str, float]] = {}
+    parts = part_files(cache_path)
+    for f in parts:
+        rows.update(ScoreCache(f, model_id).scores)
+    order, seen = [], set()
+    for dis, ref in pairs:
+        key = (_key(dis), _key(ref))
+        if key in rows and key not in seen and key not in store:
+            order.append(key)
+            seen.add(key)
+    order += [k for k in rows if k not in seen and k not in store]
+    store.add([(d, r, rows[(d, r)]) for d, r in order])
+    for f in parts:
+        f.unlink()
+    return len(order)
+
+
+def score_pairs_sharded(scorer, pairs: Iterable[tuple[ImageRef, ImageRef]], cache_path, model_id: str, *,
+                        rank: int, world: int, barrier, **kwargs) -> int:
+    """:func:`score_pairs` over ``world`` processes; every process calls it. Returns the pairs scored in all.
+
+    The main process first merges part files left by an interrupted run (of any world size) into the cache;
+    then the pairs still missing are dealt out in input order (process ``rank`` takes those with
+    ``i % world == rank``), each process appends to its own part file, and the main process merges the parts
+    into the cache in input order. ``barrier()`` synchronises the processes.
+    """
+    pairs = list(pairs)
+    if rank == 0:
+        merge_part_files(cache_path, model_id, pairs)
+    barrier()
+    store = ScoreCache(cache_path, model_id)
+    todo, seen = [], set()
+    for dis, ref in pairs:
+        key = (_key(dis), _key(ref))
+        if key not in store and key not in seen:
+            seen.add(key)
+            todo.append((dis, ref))
+    part = ScoreCache(f"{cache_path}.part{rank}-of-{world}", model_id)
+    score_pairs(scorer, todo[rank::world], part, **kwargs)
+    barrier()
+    if rank == 0:
+        merge_part_files(cache_path, model_id, pairs)
+    barrier()
+    return len(todo)
+
+
 # ----------------------------------------------------------------------------------------------- data
 
 
@@ -261,23 +325,54 @@ def evaluate(model, dataset: str, data_dir, *, configs: Optional[Sequence[str]] 
         names = OrderedDict((c, DEFAULT_VIEWS.get(dataset, {}).get(c, c)) for c in configs)
     else:
         names = DEFAULT_VIEWS[dataset]
+    from .data import resolve_triplet_config
+
     views = OrderedDict()
     for config, label in names.items():
+        config, notice = resolve_triplet_config(dataset, data_dir, config, split or "test")
+        if notice:
+            print(notice, file=sys.stderr)
         views[label] = (config,) + view_records(dataset, data_dir, config, split, seed=seed, cache_dir=cache_dir)
     model_id = str(model) if scorer is None else str(getattr(scorer, "model_id", "in-memory"))
+    state = _distributed_state(device)
+    if state is not None and cache is None:
+        raise EvaluationError("evaluation over several processes needs --cache or --output (each process writes a "
+                              "part file next to the cache)")
     if scorer is None:
         from modeling_afine.scoring import AfineScorer, resolve_model_dir
 
         model_id = os.path.abspath(resolve_model_dir(model)) if os.path.exists(str(model)) else str(model)
+        if state is not None and device is None:
+            device = str(state.device)
         scorer = AfineScorer(model, device=device, batch_size=batch_size)
-    store = ScoreCache(cache, model_id)
     pairs = [p for _, kind, rows in views.values() for p in _needed_pairs(kind, rows)]
-    scored = score_pairs(scorer, pairs, store, resize_reference=resize_reference, progress=progress)
+    if state is None:
+        store = ScoreCache(cache, model_id)
+        scored = score_pairs(scorer, pairs, store, resize_reference=resize_reference, progress=progress)
+    else:
+        scored = score_pairs_sharded(scorer, pairs, cache, model_id, rank=state.process_index,
+                                     world=state.num_processes, barrier=state.wait_for_everyone,
+                                     resize_reference=resize_reference, progress=progress and state.is_main_process)
+        store = ScoreCache(cache, model_id)
     results = OrderedDict()
     for label, (config, kind, rows) in views.items():
         results[label] = {"config": config, "kind": kind, **_metrics(kind, rows, store, score_field)}
     return {"model": model_id, "dataset": dataset, "data_dir": str(data_dir), "split": split or "test",
             "score_field": score_field, "scored": scored, "pairs": len(store.scores), "results": results}
+
+
+def _distributed_state(device=None):
+    """accelerate's ``PartialState`` when launched on several processes (accelerate launch / torchrun), else None."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState(cpu=str(device or "").startswith("cpu") or not torch.cuda.is_available())
+    if state.num_processes != world:
+        raise EvaluationError(f"WORLD_SIZE is {world} but the process group has {state.num_processes} process(es)")
+    return state
 
 
 def _fmt(v) -> str:
@@ -348,6 +443,8 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m training.e
     except (EvaluationError, DatasetCheckError, FileNotFoundError, OSError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if int(os.environ.get("RANK", "0")) != 0:  # sharded run: the main process reports
+        return 0
     print(format_table(report))
     if cache:
         print(f"scores cached in {cache} ({report['scored']} newly scored, {report['pairs']} in total)")

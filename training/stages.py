@@ -75,7 +75,9 @@ class StageModule(nn.Module):
 
     Triplets are processed at native size: one backbone pass per size group (``group_by_size=True``) or per
     triplet (``False``, the official per-sample loop). The loss is the sum of per-triplet losses divided by
-    the batch size, as the official code.
+    the batch size, as the official code; under gradient accumulation the trainer passes the number of
+    triplets of the whole accumulated batch as ``num_items_in_batch``, so that the micro-batch losses add up to
+    the mean over the effective batch (the same update as one batch of that size).
     """
 
     def __init__(self, model: nn.Module, stage: int, group_by_size: bool = True) -> None:
@@ -125,9 +127,16 @@ class StageModule(nn.Module):
             s1[sel], s2[sel] = a.float(), c.float()
         return s1, s2
 
-    def forward(self, batch: dict) -> dict:
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, every_n_layers: int = 1,
+                                        offload: bool = False) -> None:
+        """Activation (gradient) checkpointing of the CLIP blocks, for ``--gradient_checkpointing``."""
+        self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=activation_checkpointing_kwargs,
+                                                   every_n_layers=every_n_layers, offload=offload)
+
+    def forward(self, batch: dict, num_items_in_batch: "int | None" = None) -> dict:
         m = self.model
         b = len(batch["img1"])
+        divisor = b if num_items_in_batch is None else int(num_items_in_batch)
         device = next(m.parameters()).device
         g12 = batch["g12"].to(device)
         g1ref = batch["g1ref"].to(device)
@@ -168,6 +177,6 @@ class StageModule(nn.Module):
                 a1 = m.adapter(n1, nr, m.fidelity_calibration(d1))
                 a2 = m.adapter(n2, nr, m.fidelity_calibration(d2))
                 terms["loss_12"] = terms["loss_12"] + pair_loss(a1, a2, g12[sel]).sum()
-        terms = {name: value / b for name, value in terms.items()}
+        terms = {name: value / divisor for name, value in terms.items()}
         terms["loss"] = sum(terms.values())
         return terms

@@ -94,8 +94,8 @@ def stage1_dir(tmp_path_factory, tiny_config_file, triplet_txt) -> Path:
     txt, images = triplet_txt
     out = tmp_path_factory.mktemp("runs") / "stage1"
     rc = run_train(["--stage", "1", "--init", str(tiny_config_file), "--output-dir", str(out),
-                    "--triplets", f"{txt}:{images}", "--max-steps", "2", "--batch-size", "4",
-                    "--num-workers", "0", "--no-progress", "--cpu"])
+                    "--triplets", f"{txt}:{images}", "--max-steps", "2", "--per_device_train_batch_size", "4",
+                    "--dataloader_num_workers", "0", "--disable_tqdm", "true", "--use_cpu"])
     assert rc == 0
     return out
 

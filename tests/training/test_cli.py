@@ -24,12 +24,12 @@ def test_stage_dispatch_runs_training(tmp_path, tiny_config_file, triplet_txt):
     out = tmp_path / "run"
     try:
         rc = main(["--stage", "1", "--init", str(tiny_config_file), "--output-dir", str(out), "--triplets",
-                   f"{txt}:{images}", "--max-steps", "1", "--batch-size", "2", "--num-workers", "0", "--no-progress",
-                   "--cpu"])
+                   f"{txt}:{images}", "--max-steps", "1", "--per_device_train_batch_size", "2", "--dataloader_num_workers", "0", "--disable_tqdm", "true",
+                   "--use_cpu"])
     finally:
         reset_accelerate()
     assert rc == 0
-    assert json.loads((out / "final" / "training_info.json").read_text())["stage"] == 1
+    assert json.loads((out / "training_info.json").read_text())["stage"] == 1
 
 
 def test_top_level_afine_command_dispatches(tmp_path, capsys):

@@ -83,10 +83,10 @@ def test_stage1_on_a_dataset_scripts_source(tmp_path, tiny_config_file, hf_cache
     cfg.write_text(json.dumps({"stage": 1, "data": [{"dataset": "diffiqa", "data_dir": None, "split": "train"}]}))
     out = tmp_path / "run"
     rc = run_train(["--config", str(cfg), "--init", str(tiny_config_file), "--output-dir", str(out), "--data",
-                    f"diffiqa={root}", "--cache-dir", str(hf_cache), "--max-steps", "1", "--batch-size", "3",
-                    "--num-workers", "0", "--no-progress", "--cpu"])
+                    f"diffiqa={root}", "--cache-dir", str(hf_cache), "--max-steps", "1", "--per_device_train_batch_size", "3",
+                    "--dataloader_num_workers", "0", "--disable_tqdm", "true", "--use_cpu"])
     assert rc == 0
-    saved = json.loads((out / "config.json").read_text())
+    saved = json.loads((out / "afine_config.json").read_text())
     assert saved["data"][0]["data_dir"] == str(root)
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if '"loss"' in x][-1]
     assert math.isfinite(log["loss"]) and {"loss_12", "loss_1ref", "loss_2ref"} <= set(log)

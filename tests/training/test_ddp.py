@@ -38,16 +38,16 @@ def test_two_process_training_stays_in_sync(tmp_path, triplet_txt):
     cfg = tmp_path / "stage1.json"
     cfg.write_text(json.dumps({"stage": 1, "lr": {"vision_model": 1e-3, "natural_head": 1e-3}}))
     args = ["--config", str(cfg), "--init", str(init), "--triplets", f"{txt}:{images}", "--max-steps", "2",
-            "--num-workers", "0", "--no-progress", "--cpu", "--per-sample", "--val-triplets", f"{txt}:{images}",
-            "--val-every", "2"]
+            "--dataloader_num_workers", "0", "--disable_tqdm", "true", "--use_cpu", "--per-sample", "--val-triplets", f"{txt}:{images}",
+            "--eval_steps", "2"]
     accelerate = Path(sys.executable).with_name("accelerate")
     cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-           "-m", "training.train_afine", "--output-dir", str(tmp_path / "ddp"), "--batch-size", "2"] + args
+           "-m", "training.train_afine", "--output-dir", str(tmp_path / "ddp"), "--per_device_train_batch_size", "2"] + args
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    info = json.loads((tmp_path / "ddp" / "final" / "training_info.json").read_text())
+    info = json.loads((tmp_path / "ddp" / "training_info.json").read_text())
     assert info["num_processes"] == 2
     losses = info["first_step_loss_per_process"]
     assert losses[0] != losses[1], "the two processes must see different triplets"
@@ -55,9 +55,9 @@ def test_two_process_training_stays_in_sync(tmp_path, triplet_txt):
     assert sums[0] == sums[1] and info["processes_in_sync"] is True
 
     # the same global batch (2 x 2) in one process gives the same parameters
-    assert run_train(["--output-dir", str(tmp_path / "single"), "--batch-size", "4"] + args) == 0
-    a = AfineModel.from_pretrained(str(tmp_path / "ddp" / "final")).state_dict()
-    b = AfineModel.from_pretrained(str(tmp_path / "single" / "final")).state_dict()
+    assert run_train(["--output-dir", str(tmp_path / "single"), "--per_device_train_batch_size", "4"] + args) == 0
+    a = AfineModel.from_pretrained(str(tmp_path / "ddp")).state_dict()
+    b = AfineModel.from_pretrained(str(tmp_path / "single")).state_dict()
     start = AfineModel.from_pretrained(str(init)).state_dict()
     moved = 0
     for k in a:

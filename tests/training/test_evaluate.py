@@ -156,3 +156,109 @@ def test_usage_errors(tmp_path, converted_model, capsys):
     assert main(["--model", str(converted_model), "--dataset", "sriqa_bench", "--data-dir", str(tmp_path / "nope"),
                  "--no-progress"]) == 1
     assert "nope" in capsys.readouterr().err
+
+
+class _FakeScorer:
+    """Deterministic scores from the file names; counts the pairs it scored (thread-safe enough for lists)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def score(self, distorted, reference, resize_reference=False):
+        import types
+        import zlib
+
+        from training.evaluate import SCORE_FIELDS
+
+        self.seen += [(str(d), str(reference)) for d in distorted]
+        vals = torch.tensor([zlib.crc32(f"{d}|{reference}".encode()) / 2**32 for d in distorted], dtype=torch.float64)
+        return types.SimpleNamespace(**{f: vals + i for i, f in enumerate(SCORE_FIELDS)})
+
+
+def _run_ranks(world, pairs, cache, scorer):
+    import threading
+
+    from training.evaluate import score_pairs_sharded
+
+    barrier = threading.Barrier(world)
+    errors, totals = [], {}
+
+    def run(rank):
+        try:
+            totals[rank] = score_pairs_sharded(scorer, pairs, cache, "model-x", rank=rank, world=world,
+                                               barrier=barrier.wait, chunk=2)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    return totals
+
+
+def test_sharded_scoring_merges_parts_in_input_order_and_resumes_with_another_world_size(tmp_path):
+    from training.evaluate import ScoreCache, part_files, score_pairs
+
+    pairs = [(f"d{i}.png", f"r{i % 3}.png") for i in range(11)] + [("d4.png", "r1.png")]  # one duplicate
+    reference = tmp_path / "single.jsonl"
+    score_pairs(_FakeScorer(), pairs, ScoreCache(reference, "model-x"))
+    ref_lines = reference.read_text().splitlines()
+
+    cache = tmp_path / "sharded.jsonl"
+    scorer = _FakeScorer()
+    totals = _run_ranks(2, pairs, cache, scorer)
+    assert totals == {0: 11, 1: 11} and len(scorer.seen) == 11
+    assert not part_files(cache)
+    # merged in the input order of the pairs, with the single-process values
+    got = [json.loads(x) for x in cache.read_text().splitlines()[1:]]
+    assert [(Path(r["distorted"]).name, Path(r["reference"]).name) for r in got] == pairs[:11]
+    by_key = {(r["distorted"], r["reference"]): r for r in map(json.loads, ref_lines[1:])}
+    assert {(r["distorted"], r["reference"]): r for r in got} == by_key
+
+    # an interrupted 3-process run left a part file (with a torn last line) and a partial cache: 2 processes finish
+    cache2 = tmp_path / "resumed.jsonl"
+    cache2.write_text("\n".join(ref_lines[:3]) + "\n")
+    (tmp_path / "resumed.jsonl.part2-of-3").write_text(
+        ref_lines[0] + "\n" + ref_lines[6] + "\n" + ref_lines[9] + "\n" + ref_lines[10][:20])
+    scorer2 = _FakeScorer()
+    _run_ranks(2, pairs, cache2, scorer2)
+    assert len(scorer2.seen) == 11 - 2 - 2  # two rows in the cache, two complete rows in the part file
+    final = {(r["distorted"], r["reference"]): r for r in map(json.loads, cache2.read_text().splitlines()[1:])}
+    assert final == by_key and not part_files(cache2)
+
+
+@pytest.mark.slow
+def test_two_process_evaluation_equals_one_process(tmp_path, converted_model, hf_cache):
+    """accelerate launch on 2 CPU processes: the shards are merged into the same cache and report."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    root = tmp_path / "PIPAL"
+    make_classic(root, "pipal", size=(32, 32))
+    common = ["--model", str(converted_model), "--dataset", "pipal", "--data-dir", str(root), "--cache-dir",
+              str(hf_cache), "--no-progress"]
+    assert main(common + ["--output", str(tmp_path / "one.json")]) == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    accelerate = Path(sys.executable).with_name("accelerate")
+    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+           "no", "--dynamo_backend", "no", "--main_process_port", str(port), "-m", "training.evaluate"] + common + [
+           "--output", str(tmp_path / "two.json")]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert two["results"] == one["results"] and two["scored"] == one["scored"] > 0
+    a, b = _cache(tmp_path / "two.scores.jsonl"), _cache(tmp_path / "one.scores.jsonl")
+    assert a.keys() == b.keys()
+    for key in a:  # other batch compositions: float rounding only
+        assert {k: v if isinstance(v, str) else pytest.approx(v, rel=1e-5, abs=1e-6) for k, v in a[key].items()} == b[key]
+    assert not list(tmp_path.glob("two.scores.jsonl.part*"))
