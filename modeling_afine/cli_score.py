@@ -260,7 +260,7 @@ def _interrupted(run: _Run) -> int:
 def _score(run: _Run) -> int:
     args, world = run.args, run.world
     run.plan()
-    group = ProcessGroup(world) if world.distributed else None
+    group = ProcessGroup(world, cpu=str(args.device).lower() == "cpu") if world.distributed else None
     try:
         if run.todo:
             code = _score_todo(run)
@@ -324,8 +324,15 @@ def _score_todo(run: _Run) -> Optional[int]:
     try:
         todo = run.todo
         # One call for everything: a reference shared by several pairs is decoded and encoded once per size,
-        # the next batches are decoded while the model runs, and a bad file never stops the others.
-        for j, result in scorer.iter_pairs([p.open for p in todo], resize_reference=args.resize_reference):
+        # the next batches are decoded while the model runs, and a bad file never stops the others. Which
+        # references count as shared is decided on the whole input, so a pair's numbers do not depend on the
+        # sharding or on what an earlier run already did.
+        counts: dict[str, int] = {}
+        for p in run.pairs:
+            counts[p.open[1]] = counts.get(p.open[1], 0) + 1
+        shared = {ref for ref, n in counts.items() if n > 1}
+        pairs = [p.open for p in todo]
+        for j, result in scorer.iter_pairs(pairs, resize_reference=args.resize_reference, shared_references=shared):
             pair = todo[j]
             rec = run.record(pair, result)
             if "error" in rec:
@@ -349,15 +356,16 @@ def _score_todo(run: _Run) -> Optional[int]:
 def _finish(run: _Run) -> int:
     args, world = run.args, run.world
     if world.distributed:
-        if not world.is_main:
-            return EXIT_FAILED if run.failures else EXIT_OK
-        remaining_errors = run.merge()
-        print(
-            f"{PROG}: {len(run.pairs)} pair(s) over {world.size} processes; "
-            f"{remaining_errors} failed; results in {run.output}",
-            file=sys.stderr,
-        )
-        return EXIT_FAILED if remaining_errors else EXIT_OK
+        # A completed sharded run exits 0 on every rank: a non-zero exit would make the launcher stop the other
+        # ranks and print its own traceback. Failed pairs are error records in --output, counted here.
+        if world.is_main:
+            remaining_errors = run.merge()
+            print(
+                f"{PROG}: {len(run.pairs)} pair(s) over {world.size} processes; {remaining_errors} failed "
+                f"(error records in {run.output}); results in {run.output}",
+                file=sys.stderr,
+            )
+        return EXIT_OK
     if run.output is not None and (run.written or part_files(run.output) or run.skipped):
         run.merge()
     order = {p.index: n for n, p in enumerate(run.pairs)}

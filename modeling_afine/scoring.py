@@ -404,14 +404,18 @@ class AfineScorer:
         pairs: Sequence[tuple[ImageLike, ImageLike]],
         *,
         resize_reference: bool = False,
+        shared_references: Optional[set[str]] = None,
     ) -> Iterator[tuple[int, dict[str, torch.Tensor] | Exception]]:
         """Score ``(distorted, reference)`` pairs, sharing work between pairs that name the same reference.
 
-        A reference that appears in several pairs is decoded once and encoded once per distorted-image size;
-        pairs whose reference appears once are batched together (one backbone pass over both images).
-        References are matched by path (as given) or, for in-memory images, by identity. Yields
-        ``(index, fields)`` / ``(index, error)`` like :meth:`iter_scores`: nothing raises for a bad file,
-        including an unreadable reference (each of its pairs gets the error). Results come in work order.
+        A reference that appears in several pairs is decoded once and encoded once per distorted-image size
+        (as :meth:`iter_scores` does for one shared reference); pairs whose reference appears once are batched
+        together (one backbone pass over both images). References are matched by path (``os.fspath``) or, for
+        in-memory images, by identity. ``shared_references``: paths to treat as shared even when they appear
+        once here, e.g. because other shards of the same job score their other pairs; this keeps every pair's
+        computation independent of how the job was split. Yields ``(index, fields)`` / ``(index, error)`` like
+        :meth:`iter_scores`: nothing raises for a bad file, including an unreadable reference (each of its
+        pairs gets the error). Results come in work order.
         """
         pairs = list(pairs)
         dis_list = [d for d, _ in pairs]
@@ -423,8 +427,8 @@ class AfineScorer:
         steps: list[_Step] = []
         errors: list[tuple[int, Exception]] = []
         singles: list[int] = []
-        for indices in by_ref.values():
-            if len(indices) == 1:
+        for key, indices in by_ref.items():
+            if len(indices) == 1 and key not in (shared_references or ()):
                 singles.append(indices[0])
                 continue
             r = len(ref_list)

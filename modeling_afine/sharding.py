@@ -167,7 +167,10 @@ class ProcessGroup:
         self._state: Any = None
         if not world.distributed:
             return
+        import torch
+
         timeout = datetime.timedelta(seconds=timeout_s)
+        cpu = cpu or not torch.cuda.is_available()  # PartialState only sets up gloo when told it runs on CPU
         try:
             from accelerate import PartialState
         except ImportError:
@@ -177,13 +180,16 @@ class ProcessGroup:
             if state.num_processes == world.size and state.process_index == world.rank:
                 self._state = state
                 return
-        import torch
         import torch.distributed as dist
 
         if not dist.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() and not cpu else "gloo"
-            dist.init_process_group(backend=backend, timeout=timeout)
+            dist.init_process_group(backend="gloo" if cpu else "nccl", timeout=timeout)
         self._dist = dist
+
+    @property
+    def backend(self) -> str:
+        """``"accelerate"`` (PartialState), ``"torch.distributed"``, or ``"none"`` for a single process."""
+        return "accelerate" if self._state is not None else "torch.distributed" if self._dist is not None else "none"
 
     def barrier(self) -> None:
         if self._state is not None:
