@@ -169,7 +169,7 @@ def main() -> None:
             if not (Path(model_dir) / "config.json").is_file():
                 AfineModel(AfineConfig()).save_pretrained(model_dir)
             model, processor = load_afine(model_dir, device=args.device, dtype=args.dtype)
-        workers = _default_workers() if args.workers is None else args.workers
+        workers = _default_workers(torch.device(args.device)) if args.workers is None else args.workers
         scorer = AfineScorer(model, processor=processor, batch_size=args.batch, num_workers=workers)
 
         pure_model_seconds(scorer, min(args.n, 2 * args.batch), args.per_reference, args.size)  # warm-up

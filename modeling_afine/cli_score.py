@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default); under accelerate each process takes its own GPU")
     p.add_argument("--dtype", default="float32", help="backbone precision: float32 (default), bfloat16, float16; heads stay fp32")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
-    p.add_argument("--workers", type=int, default=None, help="threads decoding the next batches while the model runs (default: up to 4, half the CPU cores; 0: none)")
+    p.add_argument("--workers", type=int, default=None, help="threads decoding the next batches while the model runs (default: on CPU half the cores, at most 4; on a GPU up to 8; 0: none)")
     p.add_argument("--resize-reference", action="store_true", help="stretch a reference whose size differs from the distorted image")
     p.add_argument("--json", action="store_true", help="print JSON (a list of objects) instead of text")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars (also silences transformers' loading bars)")
@@ -232,11 +232,17 @@ def score_main(argv: Optional[list[str]] = None) -> int:
     if world.distributed and not args.output:
         parser.error(f"a run over {world.size} processes needs --output (each process writes its own part)")
     run = _Run(args, [_Pair(i, g, base) for i, g in enumerate(given)], world)
+    if run.output is not None and run.output.is_dir():
+        _err(f"error: --output {run.output} is a folder; give a file name such as scores.jsonl")
+        return EXIT_UNAVAILABLE
     with _quiet_progress(args.quiet):
         try:
             return _score(run)
         except KeyboardInterrupt:
             return _interrupted(run)
+        except OSError as exc:  # the output cannot be written (permissions, disk full, ...)
+            _err(f"error: {exc}")
+            return EXIT_UNAVAILABLE
 
 
 def _interrupted(run: _Run) -> int:
@@ -248,10 +254,11 @@ def _interrupted(run: _Run) -> int:
     if not run.world.distributed:
         with contextlib.suppress(Exception):
             run.merge()
-    where = run.output if not run.world.distributed else f"{run.output} and {run.output}.parts/"
+    where = run.sink if run.sink is not None else run.output
     left = len(run.todo) - run.written
+    scope = " of this rank's share" if run.world.distributed else ""
     _err(
-        f"interrupted: {run.written} new result(s) saved in {where} ({left} pair(s) of this process left); "
+        f"interrupted: {run.written} new result(s) saved in {where} ({left} pair(s){scope} left); "
         "run the same command again to resume"
     )
     return EXIT_INTERRUPTED
@@ -288,16 +295,27 @@ def _score_todo(run: _Run) -> Optional[int]:
         _err(f"cannot load the model: {exc}")
         return EXIT_UNAVAILABLE
 
-    from .scoring import AfineScorer, DeviceNotAvailableError, resolve_device
+    import torch
+
+    from .devices import DeviceNotAvailableError, resolve_device, resolve_dtype
 
     device = args.device
-    if world.distributed and str(device).lower() in ("auto", "cuda"):
-        import torch
-
-        if torch.cuda.is_available():
-            device = f"cuda:{world.local_rank % torch.cuda.device_count()}"
+    if world.distributed and str(device).lower() in ("auto", "cuda") and torch.cuda.is_available():
+        device = f"cuda:{world.local_rank % torch.cuda.device_count()}"
     try:
-        resolve_device(device)
+        resolve_device(device)  # before transformers is imported and the weights are read
+    except DeviceNotAvailableError as exc:
+        _err(f"--device {args.device}: {exc}")
+        return EXIT_UNAVAILABLE
+    try:
+        resolve_dtype(args.dtype)
+    except ValueError as exc:
+        _err(f"--dtype: {exc}")
+        return EXIT_UNAVAILABLE
+
+    from .scoring import AfineScorer
+
+    try:
         scorer = AfineScorer(
             source, device=device, dtype=args.dtype, batch_size=args.batch_size, num_workers=args.workers
         )
