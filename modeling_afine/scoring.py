@@ -44,7 +44,7 @@ from .modeling_afine import AfineModel, AfineOutput, stretch_to_multiple, target
 # per-image problems that iter_scores reports instead of stopping
 _INPUT_ERRORS = (ImageLoadError, ValueError, TypeError, OSError)
 # decoded float32 pixels (RGB) that background loading may hold ahead of the model, beyond one batch
-_PREFETCH_PIXELS = 2**25
+_PREFETCH_PIXELS = 2**24
 
 __all__ = [
     "DEFAULT_MODEL_ID",

@@ -122,6 +122,28 @@ print(type(model).__module__, type(model).__name__, type(proc).__name__, type(cf
     assert res.stdout.split() == ["modeling_afine.modeling_afine", "AfineModel", "AfineImageProcessor", "AfineConfig"]
 
 
+@pytest.mark.parametrize(
+    "first",
+    [
+        "from transformers import AutoModel, AutoConfig, AutoImageProcessor\nimport modeling_afine",  # registries first
+        "from modeling_afine.modeling_afine import AfineModel",  # the model module first (registries load inside it)
+    ],
+)
+def test_auto_registration_in_any_import_order(first):
+    code = first + """
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
+from modeling_afine import AfineConfig, AfineImageProcessor, AfineModel
+assert CONFIG_MAPPING["afine"] is AfineConfig
+assert MODEL_MAPPING[AfineConfig] is AfineModel
+assert IMAGE_PROCESSOR_MAPPING[AfineConfig]["pil"] is AfineImageProcessor
+print("registered")
+"""
+    res = _python(code)
+    assert res.returncode == 0 and res.stdout.strip() == "registered", res.stderr[-2000:]
+
+
 # ------------------------------------------------------------------ unavailable model / device
 
 
