@@ -44,7 +44,7 @@ from .modeling_afine import AfineModel, AfineOutput, stretch_to_multiple, target
 # per-image problems that iter_scores reports instead of stopping
 _INPUT_ERRORS = (ImageLoadError, ValueError, TypeError, OSError)
 # decoded float32 pixels (RGB) that background loading may hold ahead of the model, beyond one batch
-_PREFETCH_PIXELS = 2**24
+_PREFETCH_PIXELS = 2**23
 
 __all__ = [
     "DEFAULT_MODEL_ID",
@@ -153,36 +153,53 @@ class _Loaded:
     ref: Any = None  # the decoded shared reference, or the error that prevented it
 
 
-class _Prefetch:
-    """Runs ``load`` over ``steps`` in background threads, yielding results in order.
+def _capture(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, or the per-image error it raised (returned, so a background thread can hand it back)."""
+    try:
+        return fn(*args)
+    except _INPUT_ERRORS as exc:
+        return exc
 
-    At most ``_PREFETCH_PIXELS`` decoded pixels (and at least one step) wait ahead of the consumer.
-    With ``workers == 0`` everything runs in the calling thread.
+
+class _Prefetch:
+    """Decodes the images of upcoming steps in background threads, one task per image; yields in step order.
+
+    Steps are queued ahead while their decoded pixels stay under ``_PREFETCH_PIXELS`` (always at least the next
+    step), so every thread has work even when a single batch is large. ``tasks(step)`` lists the step's
+    callables; ``assemble(step, results)`` turns their results (values or captured errors) into a
+    :class:`_Loaded`. With ``workers == 0`` everything runs in the calling thread.
     """
 
-    def __init__(self, load: Callable[[_Step], _Loaded], steps: list[_Step], workers: int) -> None:
-        self.load, self.steps, self.workers = load, steps, workers
+    def __init__(
+        self,
+        steps: list[_Step],
+        tasks: Callable[[_Step], list[Callable[[], Any]]],
+        assemble: Callable[[_Step, list[Any]], _Loaded],
+        workers: int,
+    ) -> None:
+        self.steps, self.tasks, self.assemble, self.workers = steps, tasks, assemble, workers
 
     def __iter__(self) -> Iterator[tuple[_Step, _Loaded]]:
         if self.workers <= 0:
             for step in self.steps:
-                yield step, self.load(step)
+                yield step, self.assemble(step, [_capture(task) for task in self.tasks(step)])
             return
         pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="afine-load")
-        pending: list[tuple[_Step, Future]] = []
+        pending: list[tuple[_Step, list[Future]]] = []
         try:
             nxt = 0
             while nxt < len(self.steps) or pending:
                 in_flight = sum(step.pixels for step, _ in pending)
                 while nxt < len(self.steps) and (
                     not pending
-                    or (len(pending) < 2 * self.workers and in_flight + self.steps[nxt].pixels <= _PREFETCH_PIXELS)
+                    or (len(pending) <= 2 * self.workers and in_flight + self.steps[nxt].pixels <= _PREFETCH_PIXELS)
                 ):
-                    pending.append((self.steps[nxt], pool.submit(self.load, self.steps[nxt])))
-                    in_flight += self.steps[nxt].pixels
+                    step = self.steps[nxt]
+                    pending.append((step, [pool.submit(_capture, task) for task in self.tasks(step)]))
+                    in_flight += step.pixels
                     nxt += 1
-                step, future = pending.pop(0)
-                yield step, future.result()
+                step, futures = pending.pop(0)
+                yield step, self.assemble(step, [f.result() for f in futures])
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 
@@ -377,7 +394,7 @@ class AfineScorer:
                 steps.append(_Step(batch, group_size, target, ref, load_ref=ref is not None and not steps))
         return steps
 
-    def _load_step(
+    def _step_tasks(
         self,
         step: _Step,
         dis_list: Sequence[ImageLike],
@@ -385,28 +402,38 @@ class AfineScorer:
         shared_refs: Sequence[ImageLike],
         resize_reference: bool,
         preloaded: dict[int, torch.Tensor],
-    ) -> _Loaded:
-        """Decode and normalise one step's images (runs in a background thread)."""
-        out = _Loaded()
+    ) -> list[Callable[[], Any]]:
+        """One callable per image of ``step`` (run in background threads): the shared reference first when this
+        step is the first of its reference, then each item's distorted image (and its own reference)."""
+        tasks: list[Callable[[], Any]] = []
         if step.load_ref and step.ref not in preloaded:
             source = shared_refs[step.ref]
-            try:
-                out.ref = self._load(source, _name(source, step.ref, "reference"))
-            except _INPUT_ERRORS as exc:
-                out.ref = exc
-                return out  # every item of this reference fails with it; do not decode the distorted images
-        for i in step.items:
-            try:
-                d = self._load(dis_list[i], _name(dis_list[i], i, "distorted"))
-                if step.ref is None:
-                    r = self._load(own_refs[i], _name(own_refs[i], i, "reference"))
-                    self._check_size(r, step.size, own_refs[i], i, resize_reference)
-                    out.refs.append(stretch_to_multiple(r[None], size=step.target)[0])
-            except _INPUT_ERRORS as exc:
-                out.errors.append((i, exc))
+            tasks.append(lambda: self._load(source, _name(source, step.ref, "reference")))
+
+        def item(i: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+            d = self._load(dis_list[i], _name(dis_list[i], i, "distorted"))
+            if step.ref is not None:
+                return d, None
+            r = self._load(own_refs[i], _name(own_refs[i], i, "reference"))
+            self._check_size(r, step.size, own_refs[i], i, resize_reference)
+            return d, stretch_to_multiple(r[None], size=step.target)[0]
+
+        tasks += [lambda i=i: item(i) for i in step.items]
+        return tasks
+
+    @staticmethod
+    def _assemble(step: _Step, results: list[Any], preloaded: dict[int, torch.Tensor]) -> _Loaded:
+        out = _Loaded()
+        if step.load_ref and step.ref not in preloaded:
+            out.ref, results = results[0], results[1:]
+        for i, result in zip(step.items, results):
+            if isinstance(result, Exception):
+                out.errors.append((i, result))
                 continue
             out.ok.append(i)
-            out.dis.append(d)
+            out.dis.append(result[0])
+            if result[1] is not None:
+                out.refs.append(result[1])
         return out
 
     def _execute(
@@ -426,14 +453,17 @@ class AfineScorer:
             bar.update(1)
             yield i, exc
 
-        def load(step: _Step) -> _Loaded:
-            return self._load_step(step, dis_list, own_refs, shared_refs, resize_reference, preloaded)
+        def tasks(step: _Step) -> list[Callable[[], Any]]:
+            return self._step_tasks(step, dis_list, own_refs, shared_refs, resize_reference, preloaded)
+
+        def assemble(step: _Step, results: list[Any]) -> _Loaded:
+            return self._assemble(step, results, preloaded)
 
         ref_tensor: Any = None
         current_ref: Optional[int] = None
         encoding: Any = None
         encoding_key: Any = None
-        for step, loaded in _Prefetch(load, steps, self.num_workers):
+        for step, loaded in _Prefetch(steps, tasks, assemble, self.num_workers):
             if step.ref is not None:
                 if step.ref != current_ref:  # steps of one reference are contiguous: keep only the current one
                     current_ref, encoding_key, encoding = step.ref, None, None
