@@ -173,6 +173,7 @@ def test_repo_id_offline_fails_fast_and_uses_the_local_cache(converted_dir, tmp_
     # Not in the cache, with HF_HUB_OFFLINE and with an unreachable endpoint: fail at once with the how-to.
     for offline in ("1", "0"):
         monkeypatch.setenv("HF_HUB_OFFLINE", offline)
+        monkeypatch.setenv("TRANSFORMERS_OFFLINE", offline)
         monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
         t = time.perf_counter()
         with pytest.raises(ModelNotAvailableError, match="afine convert") as info:
