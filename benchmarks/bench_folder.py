@@ -10,6 +10,7 @@ in one run on the same machine:
   scorer, N thr  the same with N background decoding threads (what `afine score` uses)
   CLI            `afine score --pairs CSV --output JSONL -q` in a fresh process: wall time, and wall time minus
                  the start-up + model loading of a one-pair run (the scoring part)
+  afine --help   start-up of the command line in a fresh process (it imports neither torch nor transformers)
 
 Every time is also given as a ratio to the pure-model time (1.00 = decoding and I/O fully hidden). The
 model is the full-size ViT-B/32 A-FINE with random weights unless --model gives converted weights (the
@@ -134,6 +135,17 @@ def cli_seconds(csv: Path, model_dir: str, args, out: Path) -> float:
     return seconds
 
 
+def help_seconds(repeats: int = 5) -> float:
+    """Median wall time of `python -m modeling_afine --help` in a fresh process (start-up cost of every command)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "modeling_afine", "--help"], env=env, capture_output=True, check=True)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1000, help="pairs (default 1000)")
@@ -195,6 +207,7 @@ def main() -> None:
         )
         for name, seconds in rows:
             print(f"  {name:<48} {seconds:9.2f} s   {seconds / pure:5.2f}x pure model")
+        print(f"  {'afine --help (fresh process, median of 5)':<48} {help_seconds():9.3f} s")
     finally:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
