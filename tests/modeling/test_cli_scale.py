@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -392,3 +393,38 @@ def test_two_processes_with_accelerate_equal_one_process(converted_dir, folder, 
     assert "over 2 processes; 1 failed" in res.stderr and "Traceback" not in res.stderr
     assert (tmp_path / "multi.jsonl").read_text() == (tmp_path / "single.jsonl").read_text()
     assert not sharding.parts_dir(tmp_path / "multi.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_real_sigint_mid_run_is_one_line_and_resumable(converted_dir, tmp_path):
+    """A real SIGINT (Ctrl-C) while batches are being decoded in threads and scored: exit 130, one line, no traceback."""
+    import signal
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(600):
+        img = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+        Image.fromarray(img).save(tmp_path / f"r{i}.png")
+        Image.fromarray(255 - img).save(tmp_path / f"d{i}.png")
+        rows.append(f"d{i}.png,r{i}.png")
+    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "scores.jsonl"
+    cmd = [sys.executable, "-m", "modeling_afine", "score", "--pairs", str(tmp_path / "pairs.csv"), "-o", str(out),
+           "--model", str(converted_dir), "-q", "--batch-size", "1", "--workers", "2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not (out.exists() and out.stat().st_size > 0):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err[-2000:]
+    assert "interrupted" in err and "resume" in err
+    saved = _lines(out)
+    assert 0 < len(saved) < 600
+    rerun = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    final = _lines(out)
+    assert [r["distorted"] for r in final] == [f"d{i}.png" for i in range(600)]  # one record per pair, input order
+    assert all(r in final for r in saved)
