@@ -183,6 +183,8 @@ class ProcessGroup:
         import torch.distributed as dist
 
         if not dist.is_initialized():
+            if not cpu:  # NCCL collectives run on the current device: one GPU per local rank
+                torch.cuda.set_device(world.local_rank % torch.cuda.device_count())
             dist.init_process_group(backend="gloo" if cpu else "nccl", timeout=timeout)
         self._dist = dist
 
