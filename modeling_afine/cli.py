@@ -50,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     module_name, func_name, _ = SUBCOMMANDS[name]
     try:
         module = importlib.import_module(module_name)
+    except KeyboardInterrupt:
+        print(f"afine {name}: interrupted", file=sys.stderr)
+        return 130
     except ImportError as exc:
         missing = getattr(exc, "name", None) or str(exc)
         extra = EXTRAS.get(name, "all")
@@ -60,7 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     func: Callable[[list[str]], int] = getattr(module, func_name)
-    return int(func(args[1:]) or 0)
+    try:
+        return int(func(args[1:]) or 0)
+    except KeyboardInterrupt:  # commands that save partial work say so themselves; this is the fallback
+        print(f"afine {name}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

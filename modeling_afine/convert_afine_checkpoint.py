@@ -24,11 +24,12 @@ import pickle
 import re
 import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import torch
+if TYPE_CHECKING:  # torch and transformers are imported on use, so 'afine convert --help' starts instantly
+    import torch
 
-from .configuration_afine import AfineConfig
+    from .configuration_afine import AfineConfig
 
 OFFICIAL_KEYS = ("finetuned_clip", "natural", "fidelity", "natural_scale", "fidelity_scale", "adapter")
 STAGE_FILES = {
@@ -61,6 +62,8 @@ class ConversionError(ValueError):
 
 
 def _safe_load(path: Path) -> Any:
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -122,6 +125,8 @@ def load_official_state_dict(source: str | Path) -> dict[str, dict[str, torch.Te
 
 def config_from_official(parts: Mapping[str, Mapping[str, torch.Tensor]], **overrides: Any) -> AfineConfig:
     """Infer the architecture from tensor shapes (OpenAI rule: heads = width // 64)."""
+    from .configuration_afine import AfineConfig
+
     clip = parts["finetuned_clip"]
     try:
         conv = clip["visual.conv1.weight"]
@@ -202,6 +207,8 @@ def official_to_hf_state_dict(
     parts: Mapping[str, Mapping[str, torch.Tensor]],
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Map the six official parts to ``AfineModel`` keys. Returns ``(state_dict, unexpected_keys)``."""
+    import torch
+
     out: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
     for key, value in parts["finetuned_clip"].items():

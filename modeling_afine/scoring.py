@@ -3,22 +3,20 @@
 ``load_afine()`` is the one way the project resolves "which A-FINE weights": a converted model directory,
 a Hub repo id of converted weights, an official ``afine.pth`` (converted on first use and cached), or the
 default — the Hub copy of the official ``afine.pth`` (:data:`DEFAULT_MODEL_ID` / :data:`DEFAULT_MODEL_FILENAME`).
+The resolution itself lives in :mod:`modeling_afine.model_source` (no torch needed) and is re-exported here.
 
 ``AfineScorer`` scores any number of (distorted, reference) images of mixed sizes: it groups images by
-size, batches them, and encodes a shared reference only once.
+size, batches them, encodes a shared reference only once, and decodes the next batches in background
+threads while the model runs (``num_workers``), which changes no number.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import shutil
-import socket
-import tempfile
-from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
-from urllib.parse import urlparse
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -26,174 +24,39 @@ from PIL import Image
 
 from .image_io import ImageLoadError
 from .image_processing_afine import AfineImageProcessor, ImageLike, image_to_tensor
+from .devices import DeviceNotAvailableError, resolve_device, resolve_dtype
+from .model_source import (  # noqa: F401  (re-exported for compatibility)
+    DEFAULT_MODEL_FILENAME,
+    DEFAULT_MODEL_ID,
+    OFFLINE_HELP,
+    ModelNotAvailableError,
+    _cache_root,
+    _convert_cached,
+    _convert_cached_dir,
+    _converted_dir_for,
+    _download_default,
+    _hub_reachable,
+    _looks_like_repo_id,
+    resolve_model_dir,
+)
 from .modeling_afine import AfineModel, AfineOutput, stretch_to_multiple, target_size
 
-#: Hub repository holding a copy of the official ``afine.pth`` (the PyIQA weights mirror).
-DEFAULT_MODEL_ID = os.environ.get("AFINE_DEFAULT_REPO", "chaofengc/IQA-PyTorch-Weights")
-DEFAULT_MODEL_FILENAME = os.environ.get("AFINE_DEFAULT_FILENAME", "afine.pth")
 # per-image problems that iter_scores reports instead of stopping
 _INPUT_ERRORS = (ImageLoadError, ValueError, TypeError, OSError)
+# decoded float32 pixels (RGB) that background loading may hold ahead of the model, beyond one batch
+_PREFETCH_PIXELS = 2**23
 
 __all__ = [
     "DEFAULT_MODEL_ID",
     "DEFAULT_MODEL_FILENAME",
     "ModelNotAvailableError",
+    "DeviceNotAvailableError",
     "resolve_model_dir",
     "load_afine",
     "AfineScorer",
     "resolve_device",
     "resolve_dtype",
 ]
-
-OFFLINE_HELP = (
-    "To use a local copy instead: afine convert afine.pth ./afine-model  then pass --model ./afine-model "
-    "(model='./afine-model' in Python); the README's 'Getting the weights' says where afine.pth is published."
-)
-
-
-class ModelNotAvailableError(RuntimeError):
-    """The requested weights are neither local, cached, nor reachable."""
-
-
-def _cache_root() -> Path:
-    base = os.environ.get("AFINE_CACHE") or os.path.join(
-        os.environ.get("HF_HOME", os.path.join(os.path.expanduser("~"), ".cache", "huggingface")), "afine"
-    )
-    return Path(base)
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
-        return False
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    parsed = urlparse(endpoint)
-    host, port = parsed.hostname or "huggingface.co", parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _converted_dir_for(checkpoint: Path) -> Path:
-    stat = checkpoint.stat()
-    key = hashlib.sha256(f"{checkpoint.resolve()}|{stat.st_size}|{int(stat.st_mtime)}".encode()).hexdigest()[:16]
-    return _cache_root() / "converted" / f"{checkpoint.stem}-{key}"
-
-
-def _convert_cached(checkpoint: Path) -> Path:
-    from .convert_afine_checkpoint import convert_afine_checkpoint
-
-    target = _converted_dir_for(checkpoint)
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
-    try:
-        convert_afine_checkpoint(checkpoint, tmp)
-        if target.exists():  # another process finished first
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
-
-
-def _download_default() -> Path:
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
-
-    cached = try_to_load_from_cache(DEFAULT_MODEL_ID, DEFAULT_MODEL_FILENAME)
-    if isinstance(cached, str) and os.path.isfile(cached):
-        return Path(cached)
-    if not _hub_reachable():
-        raise ModelNotAvailableError(
-            f"the default A-FINE weights ({DEFAULT_MODEL_ID}/{DEFAULT_MODEL_FILENAME}) are not cached and the "
-            f"Hugging Face Hub cannot be reached (offline).\n{OFFLINE_HELP}"
-        )
-    try:
-        return Path(hf_hub_download(DEFAULT_MODEL_ID, DEFAULT_MODEL_FILENAME))
-    except Exception as exc:  # network errors come in many types
-        raise ModelNotAvailableError(
-            f"could not download {DEFAULT_MODEL_ID}/{DEFAULT_MODEL_FILENAME}: {exc}\n{OFFLINE_HELP}"
-        ) from exc
-
-
-def resolve_model_dir(model: Optional[str | os.PathLike] = None) -> str:
-    """Resolve ``model`` to something ``AfineModel.from_pretrained`` accepts.
-
-    * ``None``: the default Hub copy of the official ``afine.pth``, downloaded and converted once (cached under
-      ``$HF_HOME/afine/converted``);
-    * a directory with ``config.json``: used as is;
-    * a ``.pth`` file or a folder of per-stage training files: converted once and cached;
-    * anything else: treated as a Hub repo id of converted weights.
-    """
-    if model is None:
-        return str(_convert_cached(_download_default()))
-    path = Path(model).expanduser()
-    if path.is_dir():
-        if (path / "config.json").is_file():
-            return str(path)
-        if (path / "clip_model.pth").is_file() or (path / "afine.pth").is_file():
-            from .convert_afine_checkpoint import load_official_state_dict  # noqa: F401 (validates on convert)
-
-            return str(_convert_cached_dir(path))
-        raise ModelNotAvailableError(f"{path}: directory has neither config.json nor official A-FINE checkpoint files")
-    if path.is_file():
-        return str(_convert_cached(path))
-    if str(model).endswith((".pth", ".pt", ".bin")) or os.sep in str(model) and not _looks_like_repo_id(str(model)):
-        raise ModelNotAvailableError(f"{model}: file does not exist")
-    return str(model)
-
-
-def _convert_cached_dir(folder: Path) -> Path:
-    marker = folder / "clip_model.pth"
-    if not marker.is_file():
-        return _convert_cached(folder / "afine.pth")
-    from .convert_afine_checkpoint import convert_afine_checkpoint
-
-    stat = marker.stat()
-    key = hashlib.sha256(f"{folder.resolve()}|{stat.st_size}|{int(stat.st_mtime)}".encode()).hexdigest()[:16]
-    target = _cache_root() / "converted" / f"{folder.name}-stages-{key}"
-    if not (target / "config.json").is_file():
-        convert_afine_checkpoint(folder, target)
-    return target
-
-
-def _looks_like_repo_id(text: str) -> bool:
-    parts = text.split("/")
-    return len(parts) == 2 and all(parts) and not text.startswith((".", "/", "~"))
-
-
-def resolve_device(device: Optional[str | torch.device] = None) -> torch.device:
-    """``None``/``"auto"`` -> CUDA if available, else MPS, else CPU."""
-    if device is None or str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
-
-
-_DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-}
-
-
-def resolve_dtype(dtype: Optional[str | torch.dtype]) -> torch.dtype:
-    """Backbone dtype from a name (``float32``, ``bfloat16``/``bf16``, ``float16``/``fp16``). Heads stay fp32."""
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        return _DTYPES[str(dtype).lower()]
-    except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of float32, bfloat16, float16") from None
 
 
 def load_afine(
@@ -205,15 +68,17 @@ def load_afine(
     """Load ``(model, processor)`` in eval mode. See :func:`resolve_model_dir` for what ``model`` may be.
 
     ``dtype`` sets the CLIP backbone precision; the heads and calibrations always run in fp32.
-    Raises :class:`ModelNotAvailableError` with instructions when weights cannot be found.
+    Raises :class:`ModelNotAvailableError` with instructions when weights cannot be found, and
+    :class:`DeviceNotAvailableError` (before loading anything) when ``device`` does not exist here.
     """
-    source = resolve_model_dir(model)
+    target_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
+    source = resolve_model_dir(model)
     try:
         net = AfineModel.from_pretrained(source, dtype=torch_dtype)
     except OSError as exc:
         raise ModelNotAvailableError(f"could not load A-FINE weights from {source!r}: {exc}\n{OFFLINE_HELP}") from exc
-    net = net.to(resolve_device(device)).eval()
+    net = net.to(target_device).eval()
     try:
         processor = AfineImageProcessor.from_pretrained(source)
     except OSError:
@@ -254,6 +119,91 @@ def _name(image: ImageLike, index: int, what: str) -> str:
     return str(image) if isinstance(image, (str, os.PathLike)) else f"{what}[{index}]"
 
 
+def _default_workers(device: Optional[torch.device] = None) -> int:
+    """Decoding threads: on CPU they share the cores with the model (half of them, at most 4); with an
+    accelerator the cores have nothing else to do (up to 8)."""
+    cpus = os.cpu_count() or 2
+    if device is not None and device.type != "cpu":
+        return max(1, min(8, cpus))
+    return max(1, min(4, cpus // 2))
+
+
+@dataclass
+class _Step:
+    """One forward pass: distorted ``items`` of one size, against one shared reference or their own."""
+
+    items: list[int]
+    size: tuple[int, int]  # (H, W) of the distorted images
+    target: tuple[int, int]  # stretched size the model sees
+    ref: Optional[int] = None  # shared reference (index into the reference list); None: one reference per item
+    load_ref: bool = False  # this step is the first of its shared reference and decodes it
+
+    @property
+    def pixels(self) -> int:
+        per_item = 1 if self.ref is not None else 2
+        return len(self.items) * per_item * self.size[0] * self.size[1] + (self.size[0] * self.size[1] if self.load_ref else 0)
+
+
+@dataclass
+class _Loaded:
+    ok: list[int] = field(default_factory=list)
+    dis: list[torch.Tensor] = field(default_factory=list)
+    refs: list[torch.Tensor] = field(default_factory=list)
+    errors: list[tuple[int, Exception]] = field(default_factory=list)
+    ref: Any = None  # the decoded shared reference, or the error that prevented it
+
+
+def _capture(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, or the per-image error it raised (returned, so a background thread can hand it back)."""
+    try:
+        return fn(*args)
+    except _INPUT_ERRORS as exc:
+        return exc
+
+
+class _Prefetch:
+    """Decodes the images of upcoming steps in background threads, one task per image; yields in step order.
+
+    Steps are queued ahead while their decoded pixels stay under ``_PREFETCH_PIXELS`` (always at least the next
+    step), so every thread has work even when a single batch is large. ``tasks(step)`` lists the step's
+    callables; ``assemble(step, results)`` turns their results (values or captured errors) into a
+    :class:`_Loaded`. With ``workers == 0`` everything runs in the calling thread.
+    """
+
+    def __init__(
+        self,
+        steps: list[_Step],
+        tasks: Callable[[_Step], list[Callable[[], Any]]],
+        assemble: Callable[[_Step, list[Any]], _Loaded],
+        workers: int,
+    ) -> None:
+        self.steps, self.tasks, self.assemble, self.workers = steps, tasks, assemble, workers
+
+    def __iter__(self) -> Iterator[tuple[_Step, _Loaded]]:
+        if self.workers <= 0:
+            for step in self.steps:
+                yield step, self.assemble(step, [_capture(task) for task in self.tasks(step)])
+            return
+        pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="afine-load")
+        pending: list[tuple[_Step, list[Future]]] = []
+        try:
+            nxt = 0
+            while nxt < len(self.steps) or pending:
+                in_flight = sum(step.pixels for step, _ in pending)
+                while nxt < len(self.steps) and (
+                    not pending
+                    or (len(pending) <= 2 * self.workers and in_flight + self.steps[nxt].pixels <= _PREFETCH_PIXELS)
+                ):
+                    step = self.steps[nxt]
+                    pending.append((step, [pool.submit(_capture, task) for task in self.tasks(step)]))
+                    in_flight += step.pixels
+                    nxt += 1
+                step, futures = pending.pop(0)
+                yield step, self.assemble(step, [f.result() for f in futures])
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
 class AfineScorer:
     """Score many images with one model: groups by size, batches, reuses a shared reference encoding.
 
@@ -262,6 +212,10 @@ class AfineScorer:
         scorer = AfineScorer()                      # default weights, best device
         out = scorer.score(["sr1.png", "sr2.png"], "hr.png")
         out.score                                   # tensor (2,), 0-100, lower is better
+
+    ``num_workers`` background threads decode and normalise the next batches while the model runs
+    (``None``: on CPU half the cores, at most 4; with an accelerator up to 8; ``0``: everything in the calling
+    thread). The numbers do not depend on it.
     """
 
     def __init__(
@@ -274,7 +228,12 @@ class AfineScorer:
         batch_size: int = 8,
         autocast: bool = False,
         progress: bool = False,
+        num_workers: Optional[int] = None,
     ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_workers is not None and num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         if isinstance(model, AfineModel):
             self.model = model.eval()
             if device is not None:
@@ -285,11 +244,10 @@ class AfineScorer:
         else:
             self.model, loaded = load_afine(model, device=device, dtype=dtype)
             self.processor = processor or loaded
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = int(batch_size)
         self.autocast = autocast
         self.progress = progress
+        self.num_workers = _default_workers(self.device) if num_workers is None else int(num_workers)
 
     @property
     def device(self) -> torch.device:
@@ -299,12 +257,13 @@ class AfineScorer:
         return self.processor.normalize_tensor(image_to_tensor(image, name))
 
     def _group_by_size(
-        self, images: Sequence[ImageLike], what: str
+        self, images: Sequence[ImageLike], what: str, indices: Optional[Sequence[int]] = None
     ) -> tuple[dict[tuple[int, int], list[int]], list[tuple[int, Exception]]]:
         """Input indices grouped by (H, W), read from file headers; plus the images whose header failed."""
         groups: dict[tuple[int, int], list[int]] = {}
         errors: list[tuple[int, Exception]] = []
-        for i, image in enumerate(images):
+        for i in range(len(images)) if indices is None else indices:
+            image = images[i]
             try:
                 groups.setdefault(_image_size(image, _name(image, i, what)), []).append(i)
             except _INPUT_ERRORS as exc:
@@ -377,47 +336,164 @@ class AfineScorer:
             raise ValueError("no distorted images given")
         if not shared and len(ref_list) != len(dis_list):
             raise ValueError(f"got {len(dis_list)} distorted images but {len(ref_list)} references")
+        preloaded = {0: self._load(ref_list[0], _name(ref_list[0], 0, "reference"))} if shared else {}
+        groups, errors = self._group_by_size(dis_list, "distorted")
+        steps = self._plan(groups, 0 if shared else None)
+        own_refs = None if shared else ref_list
+        yield from self._execute(dis_list, ref_list, own_refs, errors, steps, resize_reference, preloaded)
+
+    def iter_pairs(
+        self,
+        pairs: Sequence[tuple[ImageLike, ImageLike]],
+        *,
+        resize_reference: bool = False,
+        shared_references: Optional[set[str]] = None,
+    ) -> Iterator[tuple[int, dict[str, torch.Tensor] | Exception]]:
+        """Score ``(distorted, reference)`` pairs, sharing work between pairs that name the same reference.
+
+        A reference that appears in several pairs is decoded once and encoded once per distorted-image size
+        (as :meth:`iter_scores` does for one shared reference); pairs whose reference appears once are batched
+        together (one backbone pass over both images). References are matched by path (``os.fspath``) or, for
+        in-memory images, by identity. ``shared_references``: paths to treat as shared even when they appear
+        once here, e.g. because other shards of the same job score their other pairs; this keeps every pair's
+        computation independent of how the job was split. Yields ``(index, fields)`` / ``(index, error)`` like
+        :meth:`iter_scores`: nothing raises for a bad file, including an unreadable reference (each of its
+        pairs gets the error). Results come in work order.
+        """
+        pairs = list(pairs)
+        dis_list = [d for d, _ in pairs]
+        by_ref: dict[Any, list[int]] = {}
+        for i, (_, ref) in enumerate(pairs):
+            key = os.fspath(ref) if isinstance(ref, (str, os.PathLike)) else ("id", id(ref))
+            by_ref.setdefault(key, []).append(i)
+        ref_list: list[ImageLike] = []  # the references shared by several pairs
+        steps: list[_Step] = []
+        errors: list[tuple[int, Exception]] = []
+        singles: list[int] = []
+        for key, indices in by_ref.items():
+            if len(indices) == 1 and key not in (shared_references or ()):
+                singles.append(indices[0])
+                continue
+            r = len(ref_list)
+            ref_list.append(pairs[indices[0]][1])
+            groups, errs = self._group_by_size(dis_list, "distorted", indices)
+            errors += errs
+            steps += self._plan(groups, r)
+        # pairs with a reference of their own: one reference per item, batched by distorted size
+        groups, errs = self._group_by_size(dis_list, "distorted", singles)
+        errors += errs
+        steps += self._plan(groups, None)
+        own_refs = [pair[1] for pair in pairs]
+        yield from self._execute(dis_list, ref_list, own_refs, errors, steps, resize_reference, {})
+
+    def _plan(self, groups: dict[tuple[int, int], list[int]], ref: Optional[int]) -> list[_Step]:
+        steps = []
+        for group_size, indices in groups.items():
+            target = target_size(*group_size, self.processor.size_multiple)
+            for batch in self._iter_batches(indices):
+                steps.append(_Step(batch, group_size, target, ref, load_ref=ref is not None and not steps))
+        return steps
+
+    def _step_tasks(
+        self,
+        step: _Step,
+        dis_list: Sequence[ImageLike],
+        own_refs: Optional[Sequence[ImageLike]],
+        shared_refs: Sequence[ImageLike],
+        resize_reference: bool,
+        preloaded: dict[int, torch.Tensor],
+    ) -> list[Callable[[], Any]]:
+        """One callable per image of ``step`` (run in background threads): the shared reference first when this
+        step is the first of its reference, then each item's distorted image (and its own reference)."""
+        tasks: list[Callable[[], Any]] = []
+        if step.load_ref and step.ref not in preloaded:
+            source = shared_refs[step.ref]
+            tasks.append(lambda: self._load(source, _name(source, step.ref, "reference")))
+
+        def item(i: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+            d = self._load(dis_list[i], _name(dis_list[i], i, "distorted"))
+            if step.ref is not None:
+                return d, None
+            r = self._load(own_refs[i], _name(own_refs[i], i, "reference"))
+            self._check_size(r, step.size, own_refs[i], i, resize_reference)
+            return d, stretch_to_multiple(r[None], size=step.target)[0]
+
+        tasks += [lambda i=i: item(i) for i in step.items]
+        return tasks
+
+    @staticmethod
+    def _assemble(step: _Step, results: list[Any], preloaded: dict[int, torch.Tensor]) -> _Loaded:
+        out = _Loaded()
+        if step.load_ref and step.ref not in preloaded:
+            out.ref, results = results[0], results[1:]
+        for i, result in zip(step.items, results):
+            if isinstance(result, Exception):
+                out.errors.append((i, result))
+                continue
+            out.ok.append(i)
+            out.dis.append(result[0])
+            if result[1] is not None:
+                out.refs.append(result[1])
+        return out
+
+    def _execute(
+        self,
+        dis_list: Sequence[ImageLike],
+        shared_refs: Sequence[ImageLike],
+        own_refs: Optional[Sequence[ImageLike]],
+        header_errors: list[tuple[int, Exception]],
+        steps: list[_Step],
+        resize_reference: bool,
+        preloaded: dict[int, torch.Tensor],
+    ) -> Iterator[tuple[int, dict[str, torch.Tensor] | Exception]]:
+        """Run ``steps`` (against ``shared_refs[step.ref]``, or ``own_refs[i]`` per item), loading ahead in threads."""
         fields = AfineOutput.__dataclass_fields__
         bar = _progress(len(dis_list), self.progress)
-        shared_ref = self._load(ref_list[0], _name(ref_list[0], 0, "reference")) if shared else None
-        groups, errors = self._group_by_size(dis_list, "distorted")
-        for i, exc in errors:
+        for i, exc in header_errors:
             bar.update(1)
             yield i, exc
-        for group_size, indices in groups.items():
-            size = target_size(*group_size, self.processor.size_multiple)
-            encoding = None
-            if shared:
-                try:
-                    encoding = self._encode_shared(shared_ref, group_size, size, ref_list[0], resize_reference)
-                except _INPUT_ERRORS as exc:
-                    for i in indices:
-                        yield i, exc
-                    bar.update(len(indices))
-                    continue
-            for batch in self._iter_batches(indices):
-                ok, dis, refs = [], [], []
-                for i in batch:
-                    try:
-                        d = self._load(dis_list[i], _name(dis_list[i], i, "distorted"))
-                        if not shared:
-                            r = self._load(ref_list[i], _name(ref_list[i], i, "reference"))
-                            self._check_size(r, group_size, ref_list[i], i, resize_reference)
-                            refs.append(stretch_to_multiple(r[None], size=size)[0])
-                    except _INPUT_ERRORS as exc:
-                        yield i, exc
-                        continue
-                    ok.append(i)
-                    dis.append(d)
-                if ok:
-                    x = stretch_to_multiple(torch.stack(dis), size=size).to(self.device)
-                    if shared:
-                        out = self._run(distorted=x, reference_encoding=encoding)
+
+        def tasks(step: _Step) -> list[Callable[[], Any]]:
+            return self._step_tasks(step, dis_list, own_refs, shared_refs, resize_reference, preloaded)
+
+        def assemble(step: _Step, results: list[Any]) -> _Loaded:
+            return self._assemble(step, results, preloaded)
+
+        ref_tensor: Any = None
+        current_ref: Optional[int] = None
+        encoding: Any = None
+        encoding_key: Any = None
+        for step, loaded in _Prefetch(steps, tasks, assemble, self.num_workers):
+            if step.ref is not None:
+                if step.ref != current_ref:  # steps of one reference are contiguous: keep only the current one
+                    current_ref, encoding_key, encoding = step.ref, None, None
+                    ref_tensor = preloaded.get(step.ref, loaded.ref)
+                if (step.ref, step.size) != encoding_key:
+                    encoding_key = (step.ref, step.size)
+                    if isinstance(ref_tensor, Exception):
+                        encoding = ref_tensor
                     else:
-                        out = self._run(distorted=x, reference=torch.stack(refs).to(self.device))
-                    for j, i in enumerate(ok):
-                        yield i, {f: getattr(out, f)[j].float().cpu() for f in fields}
-                bar.update(len(batch))
+                        source = shared_refs[step.ref]
+                        try:
+                            encoding = self._encode_shared(ref_tensor, step.size, step.target, source, resize_reference)
+                        except _INPUT_ERRORS as exc:
+                            encoding = exc
+                if isinstance(encoding, Exception):
+                    for i in step.items:
+                        yield i, encoding
+                    bar.update(len(step.items))
+                    continue
+            for i, exc in loaded.errors:
+                yield i, exc
+            if loaded.ok:
+                x = stretch_to_multiple(torch.stack(loaded.dis), size=step.target).to(self.device)
+                if step.ref is not None:
+                    out = self._run(distorted=x, reference_encoding=encoding)
+                else:
+                    out = self._run(distorted=x, reference=torch.stack(loaded.refs).to(self.device))
+                for j, i in enumerate(loaded.ok):
+                    yield i, {f: getattr(out, f)[j].float().cpu() for f in fields}
+            bar.update(len(step.items))
         bar.close()
 
     def _check_size(self, ref: torch.Tensor, size: tuple[int, int], source: ImageLike, index: int, resize: bool) -> None:

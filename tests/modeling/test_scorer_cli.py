@@ -142,6 +142,8 @@ def test_cli_pairs_file_resumes(converted_dir, files, tmp_path, capsys):
     code, stdout, _ = run_inproc(capsys, "score", "--pairs", pairs, "--output", out, "--model", converted_dir, "-q", "--json")
     assert json.loads(stdout) == []  # the two good pairs were skipped, the broken one failed again
     assert code == 1
+    again = [json.loads(l) for l in out.read_text().splitlines()]
+    assert len(again) == 3 and sum("error" in l for l in again) == 1  # its new error replaced the old one
 
 
 def test_iter_scores_reports_bad_files_and_encodes_reference_once(model, files, monkeypatch):
