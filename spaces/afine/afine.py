@@ -1,9 +1,11 @@
 """A-FINE as a Hugging Face ``evaluate`` metric (full-reference image quality, lower is better).
 
-Load it by absolute path (``evaluate.load("afine")`` only looks in the current directory)::
+This file is the metric module of the ``afine`` metric Space (``spaces/afine/`` in the afine-hf repository).
+It needs the ``afine-hf`` package (``modeling_afine``) installed; the model and the image decoding are the
+package's, so numbers and errors are those of ``AfineScorer`` and the ``afine`` command::
 
-    import spaces
-    metric = spaces.load_metric()                      # = evaluate.load("<abs path>/spaces/metrics/afine")
+    import evaluate
+    metric = evaluate.load("afine")          # from spaces/, or anywhere after `python -m afine_apps install-metric`
     metric.compute(predictions=["sr.png"], references=["hr.png"])
 
 ``predictions`` are the images under test (distorted / enhanced), ``references`` the reference images, in
@@ -49,15 +51,32 @@ Returns:
     naturalness_reference: per-image calibrated naturalness N of the reference in (-2, 2), lower is better.
     mean_score, mean_score_raw, mean_fidelity, mean_naturalness_distorted, mean_naturalness_reference:
         the means of the lists above (floats).
+    Unreadable or oversized images raise ``modeling_afine.ImageLoadError`` naming the file, as the CLI does.
 Examples:
-    >>> import spaces
-    >>> metric = spaces.load_metric()
+    >>> import evaluate
+    >>> metric = evaluate.load("afine")
     >>> out = metric.compute(predictions=["sr.png"], references=["hr.png"])
     >>> out["score"], out["mean_score"]
 """
 
 FIELDS = ("score", "score_raw", "fidelity", "naturalness_distorted", "naturalness_reference")
-_SETTINGS = ("model", "device", "dtype", "batch_size", "resize_reference")
+
+
+def _decode(value, column, index):
+    """One stored ``datasets.Image(decode=False)`` value ({"path", "bytes"}) -> RGB PIL image via the package's
+    loader. A file keeps its path in messages; in-memory images are named ``column[index]``."""
+    from modeling_afine.image_io import ImageLoadError
+    from modeling_afine.image_io import load_image
+
+    path = value.get("path") if isinstance(value, dict) else value
+    data = value.get("bytes") if isinstance(value, dict) else None
+    if data is None:
+        return load_image(path)
+    try:
+        return load_image(data)
+    except ImageLoadError as exc:
+        name = path or f"{column}[{index}]"
+        raise ImageLoadError(f"{name}: {str(exc).split(': ', 1)[-1]}") from exc
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
@@ -77,7 +96,9 @@ class Afine(evaluate.Metric):
             description=_DESCRIPTION,
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Image(), "references": datasets.Image()}),
+            # decode=False: the package's image loader decodes (same rules and errors as the CLI)
+            features=datasets.Features({"predictions": datasets.Image(decode=False),
+                                        "references": datasets.Image(decode=False)}),
             reference_urls=["https://github.com/ChrisDud0257/AFINE", "https://arxiv.org/abs/2503.11221"],
         )
 
@@ -108,7 +129,9 @@ class Afine(evaluate.Metric):
         if int(s["batch_size"]) < 1:
             raise ValueError(f"batch_size must be >= 1, got {s['batch_size']}")
         scorer = self._get_scorer(s["model"], s["device"], s["dtype"], int(s["batch_size"]))
-        out = scorer.score(list(predictions), list(references), resize_reference=bool(s["resize_reference"]))
+        dis = [_decode(value, "predictions", i) for i, value in enumerate(predictions)]
+        ref = [_decode(value, "references", i) for i, value in enumerate(references)]
+        out = scorer.score(dis, ref, resize_reference=bool(s["resize_reference"]))
         result = {}
         for field in FIELDS:
             values = getattr(out, field).double()
