@@ -30,6 +30,7 @@ from .gallery import COLUMNS, rank_gallery, ranking_csv  # noqa: E402
 from .launching import (  # noqa: E402
     LOWER_IS_BETTER,
     base_parser,
+    image_input,
     launch,
     load_scorer,
     max_pixels,
@@ -53,11 +54,7 @@ def example_pairs(folder: Optional[os.PathLike] = None) -> list[list[str]]:
 
 
 def _image_input(label: str):
-    import gradio as gr
-
-    # type="filepath" with image_mode=None: gradio only reads the header; our loader decodes (and refuses
-    # oversized uploads before decoding).
-    return gr.Image(type="filepath", image_mode=None, label=label, sources=["upload", "clipboard"])
+    return image_input(label)
 
 
 def build_demo(scorer, *, title: str = TITLE, examples: Optional[Sequence[Sequence[str]]] = None):
