@@ -150,30 +150,25 @@ def serve(demo, *, port: int = 7860):
     return launch(demo, base_parser("A-FINE app", model=False, port=port).parse_args([]))
 
 
-_IMAGE_INPUT_CLASS = None
-
-
 def image_input(label: str, **kwargs):
     """An image upload component that hands the handler the uploaded file's path without opening it.
 
     ``gr.Image`` opens every upload with Pillow before the handler runs (even with ``type="filepath"``), so a
-    broken file would fail inside gradio with a generic message. This subclass (rendered by the same
-    front-end component) leaves decoding to :func:`load_upload`: the project's loader, its pixel limit checked
-    from the header before decoding, and its error messages.
+    broken file would fail inside gradio with a generic message. This component's ``preprocess`` leaves
+    decoding to :func:`load_upload`: the project's loader, its pixel limit checked from the header before
+    decoding, and its error messages. (The instance's method is replaced rather than subclassing ``gr.Image``:
+    gradio writes a ``.pyi`` file next to the module of every component subclass.)
     """
-    global _IMAGE_INPUT_CLASS
     import gradio as gr
 
-    if _IMAGE_INPUT_CLASS is None:
-
-        class UploadedImage(gr.Image):
-            is_template = True  # rendered by gradio's own "image" front-end component
-
-            def preprocess(self, payload):
-                if payload is None or payload.path is None or (payload.url or "").startswith("data:"):
-                    return super().preprocess(payload)
-                return str(payload.path)
-
-        _IMAGE_INPUT_CLASS = UploadedImage
     kwargs.setdefault("sources", ["upload", "clipboard"])
-    return _IMAGE_INPUT_CLASS(type="filepath", image_mode=None, label=label, **kwargs)
+    component = gr.Image(type="filepath", image_mode=None, label=label, **kwargs)
+    gradio_preprocess = component.preprocess
+
+    def preprocess(payload):
+        if payload is None or payload.path is None or (payload.url or "").startswith("data:"):
+            return gradio_preprocess(payload)
+        return str(payload.path)
+
+    component.preprocess = preprocess
+    return component

@@ -217,3 +217,36 @@ def test_demo_main_loads_the_given_model(monkeypatch, tiny_model_dir):
     (demo, args), = calls
     assert isinstance(demo, gr.Blocks)
     assert (args.model, args.port, args.share, args.host) == (str(tiny_model_dir), 7860, False, "127.0.0.1")
+
+
+def test_building_the_apps_writes_nothing_into_the_package(scorer):
+    import afine_apps
+    from afine_apps.demo import build_demo
+
+    build_demo(scorer)
+    folder = os.path.dirname(afine_apps.__file__)
+    assert not [n for n in os.listdir(folder) if n.endswith(".pyi")]
+
+
+def test_several_clients_at_once_get_their_own_results(demo_url, scorer, pngs):
+    """Four clients in parallel (the queue runs them one at a time): each gets the numbers of its own pair."""
+    import threading
+
+    jobs = [("mild", "ref"), ("strong", "ref"), ("dis2", "ref2"), ("ref", "mild")]
+    results, errors = {}, []
+
+    def run(i, dis, ref):
+        try:
+            results[i] = Client(demo_url, verbose=False).predict(handle_file(pngs[dis]), handle_file(pngs[ref]), False,
+                                                                 api_name="/score")[0]
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i, d, r)) for i, (d, r) in enumerate(jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    for i, (dis, ref) in enumerate(jobs):
+        assert results[i] == round(float(scorer.score(pngs[dis], pngs[ref]).score[0]), 4), jobs[i]
