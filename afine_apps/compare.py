@@ -91,8 +91,7 @@ def verdict_markdown(result: dict) -> str:
     else:
         w = result["preferred"]
         l = "B" if w == "A" else "A"
-        head = (f"### A-FINE prefers **{names[w]}** ({result[w]['score']:.2f} vs {result[l]['score']:.2f}; "
-                f"lower is better)")
+        head = f"### A-FINE prefers **{names[w]}** ({result[w]['score']:.4f} vs {result[l]['score']:.4f})"
     driver = "fidelity" if abs(d["fidelity"]) >= abs(d["weighted_naturalness"]) else "naturalness"
     rows = [
         ("score (0–100)", "score"), ("score_raw A = λ·N + F", "score_raw"), ("fidelity F", "fidelity"),

@@ -7,8 +7,8 @@
   chart and a CSV file.
 * **Naturalness only** (``"/naturalness"``): one image → calibrated naturalness N in (-2, 2).
 
-Uploads are file paths decoded by the project's one image loader; images with more than ``$AFINE_MAX_PIXELS``
-pixels are refused from their header, before decoding. The queue runs ``$AFINE_CONCURRENCY`` requests at
+Uploads are file paths decoded by the project's one image loader; images with more than
+``$AFINE_MAX_IMAGE_PIXELS`` pixels are refused from their header, before decoding. The queue runs ``$AFINE_CONCURRENCY`` requests at
 once. Handlers are wrapped with ``@spaces.GPU`` when Hugging Face's ``spaces`` package is importable
 (ZeroGPU), see :mod:`afine_apps.zerogpu`.
 

@@ -8,8 +8,9 @@ Every Space in ``spaces/`` reads its settings from the environment (a Space has 
 ``AFINE_DEVICE``            ``cpu``, ``cuda``, ... (default: best available; ``cuda`` on ZeroGPU)
 ``AFINE_DTYPE``             backbone dtype ``float32`` (default), ``bfloat16``, ``float16``
 ``AFINE_BATCH_SIZE``        images per forward pass (default 8)
-``AFINE_MAX_PIXELS``        uploads with more pixels (width x height) are refused before decoding
-                            (default 16,777,216 = 4096 x 4096)
+``AFINE_MAX_IMAGE_PIXELS`` uploads with more pixels (width x height) are refused before decoding
+                            (default 16,777,216 = 4096 x 4096 in the apps; the same variable sets
+                            the library's own, higher default limit)
 ``AFINE_CONCURRENCY``       how many requests run at once (gradio queue concurrency limit, default 1)
 ``AFINE_QUEUE_SIZE``        how many requests may wait (default 32)
 ``GRADIO_SERVER_NAME``      host (default ``0.0.0.0`` inside a Space, ``127.0.0.1`` elsewhere)
@@ -62,8 +63,8 @@ def _env_int(name: str, default: int) -> int:
 
 
 def max_pixels() -> int:
-    """The apps' upload limit in pixels: ``$AFINE_MAX_PIXELS`` or :data:`DEFAULT_MAX_PIXELS`."""
-    return _env_int("AFINE_MAX_PIXELS", DEFAULT_MAX_PIXELS)
+    """The apps' upload limit in pixels: ``$AFINE_MAX_IMAGE_PIXELS`` or :data:`DEFAULT_MAX_PIXELS`."""
+    return _env_int("AFINE_MAX_IMAGE_PIXELS", DEFAULT_MAX_PIXELS)
 
 
 def default_host() -> str:

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from .launching import LOWER_IS_BETTER, queue, user_error
+from .launching import LOWER_IS_BETTER, max_pixels, queue, user_error
 from .pair import RESIZE_LABEL
 from .zerogpu import gpu
 
@@ -33,9 +33,9 @@ def build_metric_widget(metric, readme: Optional[os.PathLike] = None):
     def _compute(prediction, reference, resize_reference):
         if not prediction or not reference:
             raise gr.Error("Please upload the prediction (image under test) and its reference.")
-        try:
+        try:  # max_pixels: the page's upload limit, checked from the headers before decoding
             return metric.compute(predictions=[prediction], references=[reference],
-                                  resize_reference=bool(resize_reference))
+                                  resize_reference=bool(resize_reference), max_pixels=max_pixels())
         except (ValueError, OSError) as exc:  # ImageLoadError is a ValueError
             raise user_error(exc) from exc
 

@@ -1,7 +1,7 @@
 """A-FINE demo Space: score a pair, A vs B, rank a gallery, naturalness only (every number: lower is better).
 
 Settings from the environment: AFINE_MODEL (converted dir, Hub repo id or afine.pth; default weights
-otherwise), AFINE_DEVICE, AFINE_DTYPE, AFINE_BATCH_SIZE, AFINE_MAX_PIXELS (uploads refused above it, before
+otherwise), AFINE_DEVICE, AFINE_DTYPE, AFINE_BATCH_SIZE, AFINE_MAX_IMAGE_PIXELS (uploads refused above it, before
 decoding), AFINE_CONCURRENCY (requests run at once), GRADIO_SERVER_NAME/PORT. See docs/spaces.md.
 """
 

@@ -1,7 +1,7 @@
 """The `afine` metric Space: evaluate's metric page for A-FINE (image pair in, metric.compute out).
 
 Settings from the environment: AFINE_MODEL (converted dir, Hub repo id or afine.pth; default weights
-otherwise), AFINE_DEVICE, AFINE_DTYPE, AFINE_BATCH_SIZE, AFINE_MAX_PIXELS, GRADIO_SERVER_NAME/PORT.
+otherwise), AFINE_DEVICE, AFINE_DTYPE, AFINE_BATCH_SIZE, AFINE_MAX_IMAGE_PIXELS, GRADIO_SERVER_NAME/PORT.
 """
 
 try:  # Hugging Face's ZeroGPU package must be imported before torch when it is there

@@ -156,7 +156,7 @@ def test_rank_gallery_encodes_the_reference_once(scorer, gallery_pngs):
 def test_uploads_over_the_pixel_limit_are_refused_before_decoding(demo_url, pngs, monkeypatch):
     import PIL.Image
 
-    monkeypatch.setenv("AFINE_MAX_PIXELS", str(32 * 32))
+    monkeypatch.setenv("AFINE_MAX_IMAGE_PIXELS", str(32 * 32))
     decoded = []
     original = PIL.Image.Image.load
 

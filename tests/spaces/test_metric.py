@@ -119,12 +119,34 @@ def test_bad_files_raise_the_loaders_error_naming_the_file(metric, pngs, tmp_pat
         metric.compute(predictions=[pngs["mild"]], references=[str(bad)])
 
 
-def test_oversized_image_is_refused_before_decoding(metric, tmp_path, monkeypatch, pngs):
-    import modeling_afine.image_io as image_io
+def test_oversized_image_is_refused_before_decoding(metric, pngs):
+    with pytest.raises(ImageLoadError, match=f"{pngs['mild']}: .*exceeds the limit of 1024"):
+        metric.compute(predictions=[pngs["mild"]], references=[pngs["ref"]], max_pixels=32 * 32)
+    with pytest.raises(ImageLoadError) as direct:
+        load_image(pngs["mild"], max_pixels=32 * 32)
+    with pytest.raises(ImageLoadError) as info:
+        metric.compute(predictions=[pngs["mild"]], references=[pngs["ref"]], max_pixels=32 * 32)
+    assert str(info.value) == str(direct.value)
 
-    monkeypatch.setattr(image_io, "DEFAULT_MAX_PIXELS", 32 * 32)
-    with pytest.raises(ImageLoadError, match="exceeds the limit"):
-        metric.compute(predictions=[pngs["mild"]], references=[pngs["ref"]])
+
+def test_metric_page_via_client(metric, scorer, pngs, monkeypatch):
+    from gradio_client import Client, handle_file
+
+    from afine_apps.metric_widget import build_metric_widget
+
+    from .conftest import free_port
+
+    demo = build_metric_widget(metric, SPACES / "afine" / "README.md")
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(url, verbose=False)
+        out = client.predict(handle_file(pngs["strong"]), handle_file(pngs["ref"]), False, api_name="/compute")
+        assert out["score"][0] == pytest.approx(float(scorer.score(pngs["strong"], pngs["ref"]).score[0]), abs=1e-5)
+        monkeypatch.setenv("AFINE_MAX_IMAGE_PIXELS", str(32 * 32))
+        with pytest.raises(Exception, match="exceeds the limit of 1024"):
+            client.predict(handle_file(pngs["strong"]), handle_file(pngs["ref"]), False, api_name="/compute")
+    finally:
+        demo.close()
 
 
 def test_in_memory_bad_bytes_are_named_by_position(metric, pngs):
