@@ -39,9 +39,10 @@ def _install_metric(argv: Sequence[str]) -> int:
 STAGED_PACKAGES = ("modeling_afine", "afine_apps", "dataset_scripts")
 
 
-def stage_space(space_dir, out) -> "Path":
+def stage_space(space_dir, out):
     """Copy the Space folder ``space_dir`` and the code of :data:`STAGED_PACKAGES` (symlinks resolved, no
-    caches) into ``out``; the result runs with ``python app.py`` given only its ``requirements.txt``."""
+    caches) into ``out`` and return ``out`` (a ``Path``); the result runs with ``python app.py`` given only its
+    ``requirements.txt``."""
     import importlib
     import shutil
     from pathlib import Path

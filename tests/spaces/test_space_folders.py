@@ -113,7 +113,6 @@ def test_annotate_space_app_serves(tmp_path):
 def test_staged_demo_folder_runs_alone(tiny_model_dir, tmp_path, pngs):
     """`stage-space` copies the Space and the package code; the copy serves from a folder outside the repo with
     only the venv's third-party packages (PYTHONPATH does not point at the repository)."""
-    import os
     import subprocess
     import sys
 
