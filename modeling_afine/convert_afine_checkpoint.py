@@ -271,9 +271,13 @@ def convert_afine_checkpoint(
     output_dir: str | Path,
     *,
     with_code: bool = True,
+    model_card: bool = True,
     **config_overrides: Any,
 ) -> Path:
     """Convert ``source`` (``afine.pth`` or a per-stage folder) and save a model directory at ``output_dir``.
+
+    With ``model_card`` (default) a ``README.md`` with Hub metadata is written too (see :func:`write_model_card`),
+    so the folder is a complete Hub model repository (``hf upload ORG/afine ./afine``).
 
     Returns the output directory. Raises :class:`ConversionError` on any layout problem; nothing is written then.
     """
@@ -299,7 +303,86 @@ def convert_afine_checkpoint(
     finally:  # do not leak the registration into later, unrelated saves
         for cls, value in zip(classes, previous):
             cls._auto_class = value
+    if model_card:
+        write_model_card(output_dir, source=Path(source).name, with_code=with_code)
     return output_dir
+
+
+#: Hub metadata of a converted A-FINE model repository (the YAML header of its README.md).
+MODEL_CARD_METADATA = {
+    "library_name": "transformers",
+    "license": "apache-2.0",
+    "base_model": "openai/clip-vit-base-patch32",
+    "base_model_relation": "finetune",
+    "tags": ["image-quality-assessment", "full-reference-iqa", "no-reference-iqa", "afine", "clip", "custom_code"],
+    "metrics": ["afine"],
+}
+
+
+def write_model_card(output_dir: str | Path, *, source: str = "afine.pth", with_code: bool = True) -> Path:
+    """Write ``output_dir/README.md``: the Hub model card of a converted A-FINE folder.
+
+    The YAML metadata (:data:`MODEL_CARD_METADATA`) names the library (transformers), the license
+    (Apache-2.0, as the official code and weights), the base model (OpenAI CLIP ViT-B/32), the tags (including
+    ``image-quality-assessment``) and the ``afine`` evaluate metric; the text says how to load and read it.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    meta = dict(MODEL_CARD_METADATA)
+    if not with_code:
+        meta["tags"] = [t for t in meta["tags"] if t != "custom_code"]
+    data = ModelCardData(**meta)
+    remote = (
+        "\n# without the afine-hf package (the model code is in this repository):\n"
+        'model = AutoModel.from_pretrained("ORG/afine", trust_remote_code=True)\n'
+        if with_code else ""
+    )
+    text = f"""---
+{data.to_yaml()}
+---
+
+# A-FINE (converted for transformers)
+
+[A-FINE](https://github.com/ChrisDud0257/AFINE) (Chen, Wu, Ma and Zhang, CVPR 2025) is a full-reference image
+quality model that does not assume the reference is perfect: it adds the **fidelity** of the image under test
+to its reference and the **naturalness** of the test image, weighted by how natural the reference is.
+This folder holds the official weights (converted from `{source}`) as a transformers `AfineModel`, with its
+image processor{" and model code" if with_code else ""}; the numbers are those of the official code.
+
+**Every output is lower-is-better**: `score` 0–100 (0 best), `score_raw` (unbounded), `fidelity`,
+`naturalness_distorted` and `naturalness_reference` (calibrated to (-2, 2)). The model is asymmetric: the
+image under test goes first, the reference second.
+
+## Use
+
+```python
+import modeling_afine                      # pip install afine-hf: registers the model with the Auto classes
+from transformers import AutoModel
+from modeling_afine import AfineScorer
+
+model = AutoModel.from_pretrained("ORG/afine")   # or the local folder, e.g. "afine"
+{remote}
+scorer = AfineScorer("ORG/afine")
+print(scorer.score("distorted.png", "reference.png").score)   # lower is better
+```
+
+The `evaluate` metric: `evaluate.load("afine", model="ORG/afine")` (see the afine-hf documentation).
+Command line: `afine score distorted.png reference.png --model ORG/afine`.
+
+## Citation
+
+```bibtex
+@inproceedings{{chen2025afine,
+  title     = {{Toward Generalized Image Quality Assessment: Relaxing the Perfect Reference Quality Assumption}},
+  author    = {{Chen, Du and Wu, Tianhe and Ma, Kede and Zhang, Lei}},
+  booktitle = {{Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)}},
+  year      = {{2025}}
+}}
+```
+"""
+    path = Path(output_dir) / "README.md"
+    ModelCard(text).save(path)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -309,7 +392,9 @@ def main(argv: list[str] | None = None) -> int:
         "model directory loadable with AutoModel.from_pretrained.",
     )
     parser.add_argument("source", help="path to afine.pth, or a folder with clip_model.pth, net_qhead.pth, ...")
-    parser.add_argument("output_dir", help="directory to write config.json, model.safetensors and the processor config")
+    parser.add_argument("output_dir", nargs="?", default="afine",
+                        help="directory to write config.json, model.safetensors, the processor config and the model "
+                             "card README.md (default: ./afine, so AutoModel.from_pretrained('afine') loads it)")
     parser.add_argument("--no-code", action="store_true", help="do not copy the model code / auto_map into the directory")
     args = parser.parse_args(argv)
     try:

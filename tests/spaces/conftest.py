@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,3 +74,74 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+ROOT = Path(__file__).resolve().parents[2]
+SPACES = ROOT / "spaces"
+
+
+def blur(img: np.ndarray, radius: float = 2.0) -> np.ndarray:
+    from PIL import ImageFilter
+
+    return np.asarray(Image.fromarray(img).filter(ImageFilter.GaussianBlur(radius)))
+
+
+@pytest.fixture(scope="session")
+def gallery_pngs(tmp_path_factory):
+    """A reference (64x64) and three candidates: a blurred, a noisier and a clean (identical) copy."""
+    d = tmp_path_factory.mktemp("gallery")
+    ref = textured(64, 64, 5)
+    arrays = {"reference": ref, "blurred": blur(ref, 2.0), "noisier": noisy(ref, 40, 21), "clean": ref.copy()}
+    paths = {}
+    for name, arr in arrays.items():
+        paths[name] = str(d / f"{name}.png")
+        Image.fromarray(arr).save(paths[name])
+    return paths
+
+
+def subprocess_env(**extra: str) -> dict:
+    """The test environment for a child process, with this worktree first on PYTHONPATH."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+                "OMP_NUM_THREADS": "1"})
+    env.update(extra)
+    return env
+
+
+class ServedApp:
+    """``python app.py`` of a Space folder, started in a child process on 127.0.0.1."""
+
+    def __init__(self, app_dir: Path, env: dict, timeout: float = 120.0):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        env = dict(env, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(self.port))
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen([sys.executable, "app.py"], cwd=str(app_dir), env=env,
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{app_dir}/app.py exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                with urllib.request.urlopen(self.url + "gradio_api/info", timeout=2) as r:
+                    self.info = r.read().decode()
+                return
+            except OSError:
+                time.sleep(0.3)
+        self.close()
+        raise AssertionError(f"{app_dir}/app.py did not answer within {timeout} s:\n{self.output()}")
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-4000:]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()

@@ -1,12 +1,13 @@
-"""Demo and compare apps: launched in-process on 127.0.0.1 and called through gradio_client."""
+"""The demo app (afine_apps.demo): launched in-process on 127.0.0.1 and called through gradio_client."""
 
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 
-from .conftest import free_port
+from .conftest import ROOT, free_port
 
 gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
@@ -23,7 +24,7 @@ def _launch(demo):
 
 @pytest.fixture(scope="module")
 def demo_url(scorer):
-    from spaces.app_demo import build_demo
+    from afine_apps.demo import build_demo
 
     demo = build_demo(scorer)
     url = _launch(demo)
@@ -31,25 +32,20 @@ def demo_url(scorer):
     demo.close()
 
 
-@pytest.fixture(scope="module")
-def compare_url(scorer):
-    from spaces.app_compare import build_compare
-
-    demo = build_compare(scorer)
-    url = _launch(demo)
-    yield url
-    demo.close()
+compare_url = demo_url  # the A vs B tab is part of the demo
 
 
 def test_demo_score_via_client_equals_scorer(demo_url, scorer, pngs):
     client = Client(demo_url, verbose=False)
     result = client.predict(handle_file(pngs["strong"]), handle_file(pngs["ref"]), False, api_name="/score")
     expected = scorer.score(pngs["strong"], pngs["ref"])
-    assert len(result) == 6
+    assert len(result) == 7
     for value, field in zip(result[:5], FIELDS):
-        assert value == pytest.approx(float(getattr(expected, field)[0]), abs=1e-4), field
-    assert "lower is better" in result[5]
-    assert f"{float(expected.score[0]):.2f}" in result[5]
+        # shown to 4 decimals
+        assert value == round(float(getattr(expected, field)[0]), 4), field
+    assert f"{float(expected.score[0]):.4f}" in result[5]
+    slider = result[6]
+    assert len(slider) == 2 and all(os.path.isfile(p) for p in slider)
 
 
 def test_demo_size_mismatch_is_a_clear_error_and_resize_opt_in(demo_url, scorer, pngs):
@@ -70,6 +66,7 @@ def test_demo_missing_reference_and_naturalness_path(demo_url, scorer, pngs):
     n, text = client.predict(handle_file(pngs["dis2"]), api_name="/naturalness")
     assert n == pytest.approx(float(scorer.naturalness(pngs["dis2"])[0]), abs=1e-4)
     assert "lower is more natural" in text
+    assert n == round(n, 4)
 
 
 def test_compare_prefers_lower_score_via_client(compare_url, scorer, pngs):
@@ -92,7 +89,7 @@ def test_compare_prefers_lower_score_via_client(compare_url, scorer, pngs):
 
 
 def test_compare_decomposition_is_consistent(scorer, pngs):
-    from spaces.app_compare import compare_pair
+    from afine_apps.compare import compare_pair
 
     r = compare_pair(scorer, pngs["mild"], pngs["strong"], pngs["ref"])
     out = scorer.score([pngs["mild"], pngs["strong"]], pngs["ref"])
@@ -114,40 +111,142 @@ def test_compare_size_mismatch_errors(compare_url, pngs):
                        api_name="/compare")
 
 
-def test_apps_import_without_launching_and_parse_args():
-    import spaces.app_compare as c
-    import spaces.app_demo as d
-    from spaces.launching import base_parser
+def test_rank_gallery_via_client_sorted_with_csv(demo_url, scorer, gallery_pngs):
+    names = ("blurred", "noisier", "clean")
+    client = Client(demo_url, verbose=False)
+    table, chart, csv_path = client.predict([handle_file(gallery_pngs[n]) for n in names],
+                                            handle_file(gallery_pngs["reference"]), False, api_name="/rank")
+    # independent: each candidate scored on its own (no shared reference encoding), then sorted
+    own = {n: float(scorer.score(gallery_pngs[n], [gallery_pngs["reference"]]).score[0]) for n in names}
+    expected = sorted(names, key=own.get)
+    rows = table["data"]
+    assert [r[1] for r in rows] == [f"{n}.png" for n in expected]
+    assert [r[0] for r in rows] == [1, 2, 3]
+    for r in rows:
+        assert r[2] == pytest.approx(own[r[1][:-4]], abs=1e-4)
+    assert [row[0] for row in chart["data"]] == [f"{i}. {n}.png" for i, n in enumerate(expected, 1)]
+    with open(csv_path, encoding="utf-8") as fh:
+        lines = fh.read().splitlines()
+    assert lines[0] == "rank,name,score,score_raw,fidelity,naturalness_distorted,naturalness_reference"
+    assert [ln.split(",")[1] for ln in lines[1:]] == [f"{n}.png" for n in expected]
+    assert float(lines[1].split(",")[2]) == pytest.approx(own[expected[0]], abs=1e-4)
 
-    args = base_parser("x").parse_args(["--model", "m", "--port", "9999"])
-    assert (args.model, args.port, args.share, args.host) == ("m", 9999, False, "127.0.0.1")
-    assert callable(d.main) and callable(c.main)
+
+def test_rank_gallery_encodes_the_reference_once(scorer, gallery_pngs):
+    from afine_apps.gallery import rank_gallery
+
+    calls = []
+    original = scorer.model.encode_reference
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    scorer.model.encode_reference = counting
+    try:
+        rows = rank_gallery(scorer, [gallery_pngs[n] for n in ("blurred", "noisier", "clean")],
+                            gallery_pngs["reference"])
+    finally:
+        del scorer.model.encode_reference
+    assert len(calls) == 1 and len(rows) == 3
+    assert [r["rank"] for r in rows] == [1, 2, 3]
+    assert [r["score"] for r in rows] == sorted(r["score"] for r in rows)
 
 
-def test_parser_defaults_follow_gradio_env(monkeypatch):
-    from spaces.launching import base_parser
+def test_uploads_over_the_pixel_limit_are_refused_before_decoding(demo_url, pngs, monkeypatch):
+    import PIL.Image
 
-    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
-    monkeypatch.delenv("GRADIO_SERVER_PORT", raising=False)
-    monkeypatch.delenv("SYSTEM", raising=False)
-    assert base_parser("x", port=7861).parse_args([]).port == 7861
+    monkeypatch.setenv("AFINE_MAX_IMAGE_PIXELS", str(32 * 32))
+    decoded = []
+    original = PIL.Image.Image.load
+
+    def spy(self):
+        decoded.append(self.size)
+        return original(self)
+
+    monkeypatch.setattr(PIL.Image.Image, "load", spy)
+    client = Client(demo_url, verbose=False)
+    with pytest.raises(Exception, match="exceeds the limit of 1024"):
+        client.predict(handle_file(pngs["mild"]), handle_file(pngs["ref"]), False, api_name="/score")
+    assert (64, 64) not in decoded  # refused from the header, never decoded
+
+
+def test_unreadable_upload_names_the_problem(demo_url, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"0" * 64)
+    client = Client(demo_url, verbose=False)
+    with pytest.raises(Exception, match=r"broken\.png: (not a recognised image|cannot)"):
+        client.predict(handle_file(str(bad)), api_name="/naturalness")
+
+
+def test_queue_has_a_concurrency_limit(scorer, monkeypatch):
+    from afine_apps.demo import build_demo
+
+    monkeypatch.setenv("AFINE_CONCURRENCY", "2")
+    demo = build_demo(scorer)
+    assert demo._queue.default_concurrency_limit == 2
+    fns = list(demo.fns.values()) if isinstance(demo.fns, dict) else list(demo.fns)
+    limits = {f.api_name: f.concurrency_limit for f in fns if f.api_name in ("score", "compare", "rank", "naturalness")}
+    assert set(limits) == {"score", "compare", "rank", "naturalness"}
+    assert all(v in (2, "default") for v in limits.values()), limits
+
+
+def test_parser_defaults_follow_env(monkeypatch):
+    from afine_apps.launching import base_parser
+
+    for name in ("GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT", "SYSTEM", "AFINE_MODEL", "AFINE_DEVICE"):
+        monkeypatch.delenv(name, raising=False)
+    args = base_parser("x", port=7861).parse_args([])
+    assert (args.port, args.host, args.model, args.share) == (7861, "127.0.0.1", None, False)
     monkeypatch.setenv("SYSTEM", "spaces")
     monkeypatch.setenv("GRADIO_SERVER_PORT", "7000")
+    monkeypatch.setenv("AFINE_MODEL", "org/afine")
     args = base_parser("x", port=7861).parse_args([])
-    assert (args.host, args.port) == ("0.0.0.0", 7000)
+    assert (args.host, args.port, args.model) == ("0.0.0.0", 7000, "org/afine")
 
 
-def test_gradio_space_auto_wrap_does_not_break_on_name_clash(monkeypatch, scorer):
-    """gradio does ``import spaces`` and, inside a Space, calls ``spaces.gradio_auto_wrap``: this package must cope."""
-    import gradio.block_function as bf
+def test_demo_main_loads_the_given_model(monkeypatch, tiny_model_dir):
+    import gradio as gr
 
-    import spaces
-    from spaces.app_demo import build_demo
+    import afine_apps.demo as demo_module
 
-    monkeypatch.setenv("SYSTEM", "spaces")
-    monkeypatch.setenv("SPACE_ID", "someone/afine-demo")
-    if bf.spaces is not spaces:
-        pytest.skip("gradio resolved a different 'spaces' module")
-    demo = build_demo(scorer)  # would raise AttributeError without the shim
-    fns = list(demo.fns.values()) if isinstance(demo.fns, dict) else list(demo.fns)
-    assert any(getattr(f, "api_name", None) == "score" for f in fns)
+    calls = []
+    monkeypatch.setattr(demo_module, "launch", lambda demo, args, **kw: calls.append((demo, args)))
+    monkeypatch.delenv("GRADIO_SERVER_PORT", raising=False)
+    demo_module.main(["--model", str(tiny_model_dir), "--device", "cpu", "--examples-dir", str(ROOT / "spaces" / "afine-demo")])
+    (demo, args), = calls
+    assert isinstance(demo, gr.Blocks)
+    assert (args.model, args.port, args.share, args.host) == (str(tiny_model_dir), 7860, False, "127.0.0.1")
+
+
+def test_building_the_apps_writes_nothing_into_the_package(scorer):
+    import afine_apps
+    from afine_apps.demo import build_demo
+
+    build_demo(scorer)
+    folder = os.path.dirname(afine_apps.__file__)
+    assert not [n for n in os.listdir(folder) if n.endswith(".pyi")]
+
+
+def test_several_clients_at_once_get_their_own_results(demo_url, scorer, pngs):
+    """Four clients in parallel (the queue runs them one at a time): each gets the numbers of its own pair."""
+    import threading
+
+    jobs = [("mild", "ref"), ("strong", "ref"), ("dis2", "ref2"), ("ref", "mild")]
+    results, errors = {}, []
+
+    def run(i, dis, ref):
+        try:
+            results[i] = Client(demo_url, verbose=False).predict(handle_file(pngs[dis]), handle_file(pngs[ref]), False,
+                                                                 api_name="/score")[0]
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i, d, r)) for i, (d, r) in enumerate(jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    for i, (dis, ref) in enumerate(jobs):
+        assert results[i] == round(float(scorer.score(pngs[dis], pngs[ref]).score[0]), 4), jobs[i]

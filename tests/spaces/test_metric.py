@@ -9,15 +9,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import spaces
+from modeling_afine.image_io import ImageLoadError, load_image
 
+from .conftest import SPACES
+
+METRIC_FILE = str(SPACES / "afine" / "afine.py")
 FIELDS = ("score", "score_raw", "fidelity", "naturalness_distorted", "naturalness_reference")
 
 
 @pytest.fixture(scope="module")
 def metric(tiny_model_dir):
-    m = evaluate.load(spaces.METRIC_PATH, model=str(tiny_model_dir), device="cpu", batch_size=2)
-    return m
+    return evaluate.load(METRIC_FILE, model=str(tiny_model_dir), device="cpu", batch_size=2)
+
+
+def load_metric(**kwargs):
+    return evaluate.load(METRIC_FILE, **kwargs)
 
 
 def _expected(scorer, dis, ref):
@@ -25,11 +31,13 @@ def _expected(scorer, dis, ref):
     return {f: [float(v) for v in getattr(out, f)] for f in FIELDS}
 
 
-def test_load_metric_helper_path_is_absolute_and_loads():
-    assert spaces.METRIC_PATH.startswith("/") and spaces.METRIC_PATH.endswith("metrics/afine")
-    m = spaces.load_metric()
+def test_metric_loads_and_the_package_ships_the_same_module():
+    m = load_metric()
     assert m.name == "afine"
     assert set(m.features) == {"predictions", "references"}
+    from afine_apps.metric_cache import metric_source
+
+    assert metric_source().read_bytes() == (SPACES / "afine" / "afine.py").read_bytes()
 
 
 def test_compute_matches_scorer_paths_pil_arrays(metric, scorer, pngs):
@@ -64,14 +72,14 @@ def test_add_batch_and_add_accumulate(metric, scorer, pngs):
 
 
 def test_combine_and_compute_kwargs(tiny_model_dir, scorer, pngs):
-    combined = evaluate.combine([spaces.load_metric()])
+    combined = evaluate.combine([load_metric()])
     out = combined.compute(predictions=[pngs["strong"]], references=[pngs["ref"]], model=str(tiny_model_dir),
                            device="cpu")
     assert out["score"][0] == pytest.approx(float(scorer.score(pngs["strong"], pngs["ref"]).score[0]), abs=1e-5)
 
 
 def test_injected_scorer_is_used(scorer, pngs):
-    m = spaces.load_metric()
+    m = load_metric()
     m.scorer = scorer
     out = m.compute(predictions=[pngs["mild"]], references=[pngs["ref"]])
     assert out["score"][0] == pytest.approx(float(scorer.score(pngs["mild"], pngs["ref"]).score[0]), abs=1e-5)
@@ -85,7 +93,62 @@ def test_mismatched_counts_and_sizes_raise(metric, pngs):
 
 
 def test_resize_reference_option(tiny_model_dir, scorer, pngs):
-    m = spaces.load_metric(model=str(tiny_model_dir), device="cpu", resize_reference=True)
+    m = load_metric(model=str(tiny_model_dir), device="cpu", resize_reference=True)
     out = m.compute(predictions=[pngs["mild"]], references=[pngs["odd"]])
     exp = scorer.score(pngs["mild"], [pngs["odd"]], resize_reference=True)
     assert out["score"][0] == pytest.approx(float(exp.score[0]), abs=1e-5)
+
+
+@pytest.mark.parametrize("case", ["missing", "not_an_image", "truncated", "directory"])
+def test_bad_files_raise_the_loaders_error_naming_the_file(metric, pngs, tmp_path, case):
+    """The metric decodes with modeling_afine.load_image: same error type and message as the CLI."""
+    bad = tmp_path / f"{case}.png"
+    if case == "not_an_image":
+        bad.write_text("hello")
+    elif case == "truncated":
+        bad.write_bytes(open(pngs["ref"], "rb").read()[:200])
+    elif case == "directory":
+        bad.mkdir()
+    with pytest.raises(ImageLoadError) as direct:
+        load_image(str(bad))
+    with pytest.raises(ImageLoadError) as info:
+        metric.compute(predictions=[str(bad)], references=[pngs["ref"]])
+    assert str(bad) in str(info.value)
+    assert str(info.value) == str(direct.value)
+    with pytest.raises(ImageLoadError, match=str(bad)):
+        metric.compute(predictions=[pngs["mild"]], references=[str(bad)])
+
+
+def test_oversized_image_is_refused_before_decoding(metric, pngs):
+    with pytest.raises(ImageLoadError, match=f"{pngs['mild']}: .*exceeds the limit of 1024"):
+        metric.compute(predictions=[pngs["mild"]], references=[pngs["ref"]], max_pixels=32 * 32)
+    with pytest.raises(ImageLoadError) as direct:
+        load_image(pngs["mild"], max_pixels=32 * 32)
+    with pytest.raises(ImageLoadError) as info:
+        metric.compute(predictions=[pngs["mild"]], references=[pngs["ref"]], max_pixels=32 * 32)
+    assert str(info.value) == str(direct.value)
+
+
+def test_metric_page_via_client(metric, scorer, pngs, monkeypatch):
+    from gradio_client import Client, handle_file
+
+    from afine_apps.metric_widget import build_metric_widget
+
+    from .conftest import free_port
+
+    demo = build_metric_widget(metric, SPACES / "afine" / "README.md")
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(url, verbose=False)
+        out = client.predict(handle_file(pngs["strong"]), handle_file(pngs["ref"]), False, api_name="/compute")
+        assert out["score"][0] == pytest.approx(float(scorer.score(pngs["strong"], pngs["ref"]).score[0]), abs=1e-5)
+        monkeypatch.setenv("AFINE_MAX_IMAGE_PIXELS", str(32 * 32))
+        with pytest.raises(Exception, match="exceeds the limit of 1024"):
+            client.predict(handle_file(pngs["strong"]), handle_file(pngs["ref"]), False, api_name="/compute")
+    finally:
+        demo.close()
+
+
+def test_in_memory_bad_bytes_are_named_by_position(metric, pngs):
+    with pytest.raises(ImageLoadError, match=r"predictions\[0\]"):
+        metric.compute(predictions=[b"not an image"], references=[pngs["ref"]])

@@ -1,11 +1,6 @@
-"""A-FINE A/B comparison Space: which of two candidates (e.g. two super-resolution methods) does A-FINE prefer?
+"""A vs B: which of two candidates (e.g. two super-resolution methods) does A-FINE prefer against one reference?
 
-Launch::
-
-    python -m spaces.app_compare --model ./afine-model --port 7861
-
-Upload candidate A, candidate B and the one reference they should both match. The app scores both against
-the reference (the reference is encoded once) and shows
+The demo's "A vs B" tab. Both candidates are scored against the reference (encoded once) and the result has
 
 * the verdict: the candidate with the **lower** A-FINE score is preferred (a tie when the scores are equal);
 * both score sets (score 0–100, score_raw, fidelity, naturalness of the candidate and of the reference);
@@ -14,8 +9,7 @@ the reference (the reference is encoded once) and shows
 * ``p_a_better``: the Thurstone (Case V) probability Φ((A_B − A_A)/√2) on the raw scores, the pairing rule
   A-FINE was trained with.
 
-API: ``Client(url).predict(handle_file(a), handle_file(b), handle_file(ref), False, "A", "B",
-api_name="/compare")`` returns ``(verdict_markdown, details_dict)``; ``details_dict`` has ``preferred``
+:func:`compare_pair` returns a dict with ``preferred``
 ("A", "B" or "tie"), ``p_a_better``, ``A`` and ``B`` (each the five outputs plus ``adaptive_weight`` and
 ``weighted_naturalness`` = λ·N), and ``differences`` (B minus A for score, fidelity, weighted naturalness).
 """
@@ -23,19 +17,21 @@ api_name="/compare")`` returns ``(verdict_markdown, details_dict)``; ``details_d
 from __future__ import annotations
 
 import math
-import os
-from typing import Optional, Sequence
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+from .launching import load_upload
+from .pair import FIELDS, RESIZE_LABEL
 
-from .app_demo import FIELDS, RESIZE_LABEL, _load  # noqa: E402
-from .launching import LOWER_IS_BETTER, base_parser, launch, load_scorer, user_error  # noqa: E402
-
-__all__ = ["compare_pair", "verdict_markdown", "build_compare", "main"]
+__all__ = ["compare_pair", "verdict_markdown", "p_first_better"]
 
 
 def _phi(x: float) -> float:
     return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+
+def p_first_better(raw_first: float, raw_second: float) -> float:
+    """Thurstone Case V probability that the first image is better: Φ((A_second − A_first)/√2) on raw scores."""
+    diff = raw_second - raw_first
+    return _phi(diff / math.sqrt(2.0)) if math.isfinite(diff) else (1.0 if diff > 0 else 0.0)
 
 
 def compare_pair(scorer, candidate_a, candidate_b, reference, resize_reference: bool = False,
@@ -46,9 +42,9 @@ def compare_pair(scorer, candidate_a, candidate_b, reference, resize_reference: 
     "differences": {...}, "names": {"A": name_a, "B": name_b}}``. Raises ``ValueError`` for missing images
     or a size mismatch (each candidate must have the reference's size unless ``resize_reference``).
     """
-    a = _load(candidate_a, "candidate A")
-    b = _load(candidate_b, "candidate B")
-    ref = _load(reference, "reference")
+    a = load_upload(candidate_a, "candidate A")
+    b = load_upload(candidate_b, "candidate B")
+    ref = load_upload(reference, "reference")
     if not resize_reference:
         for tag, img in (("A", a), ("B", b)):
             if img.size != ref.size:
@@ -57,7 +53,7 @@ def compare_pair(scorer, candidate_a, candidate_b, reference, resize_reference: 
                     f"{ref.size[0]}x{ref.size[1]}. A-FINE compares images of the same size; tick "
                     f"'{RESIZE_LABEL}' to stretch the reference."
                 )
-    out = scorer.score([a, b], [ref, ref], resize_reference=bool(resize_reference))
+    out = scorer.score([a, b], ref, resize_reference=bool(resize_reference))  # shared reference: encoded once
     sets = {}
     for j, tag in enumerate(("A", "B")):
         v = {f: float(getattr(out, f)[j]) for f in FIELDS}
@@ -68,7 +64,7 @@ def compare_pair(scorer, candidate_a, candidate_b, reference, resize_reference: 
     preferred = "tie" if sa == sb else ("A" if sa < sb else "B")
     ra, rb = sets["A"]["score_raw"], sets["B"]["score_raw"]
     diff = rb - ra
-    p_a = _phi(diff / math.sqrt(2.0)) if math.isfinite(diff) else (1.0 if diff > 0 else 0.0)
+    p_a = p_first_better(ra, rb)
     names = {"A": name_a or "A", "B": name_b or "B"}
     return {
         "preferred": preferred,
@@ -95,8 +91,7 @@ def verdict_markdown(result: dict) -> str:
     else:
         w = result["preferred"]
         l = "B" if w == "A" else "A"
-        head = (f"### A-FINE prefers **{names[w]}** ({result[w]['score']:.2f} vs {result[l]['score']:.2f}; "
-                f"lower is better)")
+        head = f"### A-FINE prefers **{names[w]}** ({result[w]['score']:.4f} vs {result[l]['score']:.4f})"
     driver = "fidelity" if abs(d["fidelity"]) >= abs(d["weighted_naturalness"]) else "naturalness"
     rows = [
         ("score (0–100)", "score"), ("score_raw A = λ·N + F", "score_raw"), ("fidelity F", "fidelity"),
@@ -109,49 +104,5 @@ def verdict_markdown(result: dict) -> str:
         f"{head}\n\nP(A better) by Thurstone on the raw scores: {result['p_a_better']:.3f}. "
         f"The difference in raw score comes mostly from **{driver}** "
         f"(ΔF = {d['fidelity']:+.4f}, Δ(λ·N) = {d['weighted_naturalness']:+.4f}, B minus A).\n\n"
-        + "\n".join(table) + "\n\n" + LOWER_IS_BETTER
+        + "\n".join(table)
     )
-
-
-def build_compare(scorer, *, title: str = "A-FINE A/B comparison (lower is better)"):
-    """Build (do not launch) the comparison ``gr.Blocks`` around an already loaded ``AfineScorer``."""
-    import gradio as gr
-
-    def _compare(a, b, ref, resize, name_a, name_b):
-        try:
-            result = compare_pair(scorer, a, b, ref, resize, name_a, name_b)
-        except (ValueError, OSError) as exc:
-            raise user_error(exc) from exc
-        return verdict_markdown(result), result
-
-    with gr.Blocks(title=title) as demo:
-        gr.Markdown(
-            f"# {title}\n\nUpload two candidate outputs (for example two super-resolution methods) and the "
-            "reference they should match. A-FINE scores each candidate against the reference; the **lower** "
-            "score wins.\n\n" + LOWER_IS_BETTER
-        )
-        with gr.Row():
-            a = gr.Image(type="filepath", label="Candidate A")
-            b = gr.Image(type="filepath", label="Candidate B")
-            ref = gr.Image(type="filepath", label="Reference")
-        with gr.Row():
-            name_a = gr.Textbox(value="A", label="Name of A")
-            name_b = gr.Textbox(value="B", label="Name of B")
-            resize = gr.Checkbox(value=False, label=RESIZE_LABEL)
-        button = gr.Button("Compare", variant="primary")
-        verdict = gr.Markdown()
-        details = gr.JSON(label="Details")
-        button.click(_compare, inputs=[a, b, ref, resize, name_a, name_b], outputs=[verdict, details],
-                     api_name="compare")
-    return demo
-
-
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    """``python -m spaces.app_compare [--model M] [--device D] [--port P] [--share]``."""
-    parser = base_parser("A-FINE A/B comparison of two candidates against one reference; lower is better.", port=7861)
-    args = parser.parse_args(argv)
-    launch(build_compare(load_scorer(args)), args)
-
-
-if __name__ == "__main__":
-    main()

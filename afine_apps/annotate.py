@@ -1,8 +1,9 @@
-"""Human annotation Space in the DiffIQA protocol (no model needed).
+"""Human annotation in the DiffIQA protocol (the ``spaces/afine-annotate`` Space; no model needed).
 
 Launch::
 
-    python -m spaces.app_annotate --data-dir /data/MyDiffIQA --port 7862 [--labels-dir DIR] [--seed 0]
+    python spaces/afine-annotate/app.py                   # settings from AFINE_ANNOTATE_DATA / _LABELS / _SEED
+    python -m afine_apps annotate --data-dir /data/MyDiffIQA --port 7862 [--labels-dir DIR] [--seed 0]
 
 ``--data-dir`` is a DiffIQA-style folder: ``images/{01..06}/{ref}_{NN}.png`` (enhanced images; any variant
 folder names work) and ``images/Original/{ref}.png`` (references; names without ``_``). A folder holding
@@ -23,6 +24,10 @@ enhanced better, ``Similar``, ``Negative`` = enhanced worse. ``{labels}`` defaul
 ``images/``, so ``dataset_scripts.load("diffiqa", data_dir=..., name="annotations")`` reads the result.
 Sessions are resumable: pairs this annotator already labelled (a label file exists) are skipped.
 
+Concurrency: each label is its own file, written to a unique temporary file and then hard-linked into place,
+which fails if the label already exists; so any number of annotators (or two browser tabs of the same one)
+can answer at once, no answer is lost or half-written, and a label is never overwritten.
+
 In Python, :class:`AnnotationStore` does the work and :func:`build_annotate` builds the ``gr.Blocks``.
 """
 
@@ -31,6 +36,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -38,9 +44,9 @@ from typing import Optional, Sequence, Union
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from .launching import base_parser, launch  # noqa: E402
+from .launching import base_parser, launch, queue  # noqa: E402
 
-__all__ = ["AnnotationStore", "Pair", "Task", "CHOICES", "build_annotate", "main"]
+__all__ = ["AnnotationStore", "Pair", "Task", "CHOICES", "build_annotate", "main", "default_dirs", "store_from_env"]
 
 PathLike = Union[str, os.PathLike]
 CHOICES = ("left", "similar", "right")
@@ -174,13 +180,25 @@ class AnnotationStore:
         if path.is_file():
             return path
         end = end or datetime.now()
-        tmp = path.with_name(path.name + ".tmp")
-        write_diffiqa_label(
-            tmp, task.pair.enhanced.name, task.pair.reference.name, label, variant=task.pair.variant,
-            start=task.start.strftime(TIME_FORMAT), end=end.strftime(TIME_FORMAT),
-            total=round(max(0.0, (end - task.start).total_seconds()), 3),
-        )
-        os.replace(tmp, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            write_diffiqa_label(
+                tmp, task.pair.enhanced.name, task.pair.reference.name, label, variant=task.pair.variant,
+                start=task.start.strftime(TIME_FORMAT), end=end.strftime(TIME_FORMAT),
+                total=round(max(0.0, (end - task.start).total_seconds()), 3),
+            )
+            try:
+                os.link(tmp, path)  # atomic, and refuses to replace a label written meanwhile
+            except FileExistsError:
+                pass
+            except OSError:  # a file system without hard links: fall back to an atomic replace
+                if not path.exists():
+                    os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
 
@@ -256,17 +274,42 @@ def build_annotate(store: AnnotationStore, *, title: str = "Which image looks be
         for button, choice in ((b_left, "left"), (b_similar, "similar"), (b_right, "right")):
             button.click(lambda a, s, c=choice: _guard(answer, a, c, s), inputs=[annotator, state], outputs=outputs,
                          api_name=f"answer_{choice}")
-    return demo
+    return queue(demo, concurrency=8)  # no model: answers are cheap file writes
+
+
+def default_dirs(data_dir: Optional[PathLike] = None, labels_dir: Optional[PathLike] = None,
+                 persistent: PathLike = "/data") -> tuple[Path, Optional[Path]]:
+    """Where the annotation Space reads images and writes labels.
+
+    ``data_dir``: the argument, else ``$AFINE_ANNOTATE_DATA``, else ``{persistent}/afine-annotate`` when the
+    Space's persistent storage ``persistent`` (``/data``) exists, else ``./data``.
+    ``labels_dir``: the argument, else ``$AFINE_ANNOTATE_LABELS``, else ``None`` (= ``{data_dir}/labels``, where
+    ``dataset_scripts`` reads them). Keep the data folder on persistent storage so labels survive restarts.
+    """
+    data = data_dir or os.environ.get("AFINE_ANNOTATE_DATA")
+    if not data:
+        data = Path(persistent) / "afine-annotate" if Path(persistent).is_dir() else Path("data")
+    labels = labels_dir or os.environ.get("AFINE_ANNOTATE_LABELS") or None
+    return Path(data), (Path(labels) if labels else None)
+
+
+def store_from_env() -> AnnotationStore:
+    """The store the annotation Space uses (see :func:`default_dirs`; ``$AFINE_ANNOTATE_SEED`` seeds the sides)."""
+    data, labels = default_dirs()
+    seed = os.environ.get("AFINE_ANNOTATE_SEED")
+    return AnnotationStore(data, labels, seed=int(seed) if seed not in (None, "") else None)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    """``python -m spaces.app_annotate --data-dir DIR [--labels-dir DIR] [--seed N] [--port P] [--share]``."""
+    """``python -m afine_apps annotate [--data-dir DIR] [--labels-dir DIR] [--seed N] [--port P] [--share]``."""
     parser = base_parser("DiffIQA-protocol annotation: which of two images looks better?", model=False, port=7862)
-    parser.add_argument("--data-dir", required=True, help="folder with images/{variant}/ and images/Original/")
+    parser.add_argument("--data-dir", default=None, help="folder with images/{variant}/ and images/Original/ "
+                        "(default: $AFINE_ANNOTATE_DATA, else /data/afine-annotate when /data exists, else ./data)")
     parser.add_argument("--labels-dir", default=None, help="where label JSONs go (default: DATA_DIR/labels)")
     parser.add_argument("--seed", type=int, default=None, help="seed for the left/right order (default: random)")
     args = parser.parse_args(argv)
-    store = AnnotationStore(args.data_dir, args.labels_dir, seed=args.seed)
+    data, labels = default_dirs(args.data_dir, args.labels_dir)
+    store = AnnotationStore(data, labels, seed=args.seed)
     launch(build_annotate(store), args)
 
 

@@ -1,1 +1,0 @@
-"""The A-FINE ``evaluate`` metric: ``afine.py`` (what ``evaluate.load`` reads) and its card ``README.md``."""
