@@ -17,10 +17,11 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "data": ("dataset_scripts.cli", "main", "dataset tools: check, majority vote, splits, triplets, Thurstone MOS, export"),
     "enhancer": ("pipelines.cli", "main", "diffusion enhancer: enhance images, generate DiffIQA-style data"),
     "train": ("training.cli", "main", "training stages, calibration fits and benchmark evaluation"),
+    "spaces": ("afine_apps.__main__", "main", "evaluate metric install (install-metric), run or stage the Spaces"),
 }
 
 # the setup.cfg extra that brings each subcommand's dependencies
-EXTRAS = {"data": "datasets", "enhancer": "enhancer", "train": "train"}
+EXTRAS = {"data": "datasets", "enhancer": "enhancer", "train": "train", "spaces": "spaces"}
 
 
 def _usage() -> str:
