@@ -339,7 +339,7 @@ def _check_pixels(width: int, height: int, limit: int, name: str) -> None:
         raise ImageLoadError(f"{name}: image has no pixels ({format_size(width, height)})")
     if width * height > limit:
         raise ImageLoadError(
-            f"{name}: image is {format_size(width, height)} = {width * height:,} pixels, over the limit of "
+            f"{name}: image is {format_size(width, height)} = {width * height:,} pixels, which exceeds the limit of "
             f"{limit:,} pixels (a decompression bomb, or a huge image): set {MAX_PIXELS_ENV} "
             "(or max_pixels=) to a larger number to read it"
         )

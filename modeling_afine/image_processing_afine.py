@@ -17,12 +17,26 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 
 from .configuration_afine import CLIP_MEAN, CLIP_STD
-from .image_io import ImageLoadError, load_image, to_rgb8
+from .image_io import ImageLoadError, format_size, load_image, to_rgb8
 from .modeling_afine import stretch_to_multiple, target_size
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
 
-__all__ = ["AfineImageProcessor", "image_to_tensor"]
+__all__ = ["AfineImageProcessor", "image_to_tensor", "size_mismatch_message"]
+
+
+def size_mismatch_message(
+    distorted: str, distorted_hw: Sequence[int], reference: str, reference_hw: Sequence[int], fix: str
+) -> str:
+    """One-line error for a (distorted, reference) pair of different sizes, naming both; sizes ``WxH``.
+
+    ``distorted_hw`` / ``reference_hw`` are ``(H, W)`` as in tensor shapes.
+    """
+    return (
+        f"{distorted}: size mismatch: the distorted image is {format_size(distorted_hw[1], distorted_hw[0])} but "
+        f"its reference {reference} is {format_size(reference_hw[1], reference_hw[0])}; A-FINE compares images of "
+        f"the same size ({fix})"
+    )
 
 
 def _drop_or_replicate_channels(chw: torch.Tensor, name: str) -> torch.Tensor:
@@ -38,6 +52,12 @@ def _drop_or_replicate_channels(chw: torch.Tensor, name: str) -> torch.Tensor:
     raise ValueError(f"{name}: expected 1, 2, 3 or 4 channels, got {channels}")
 
 
+def _nonempty(chw: torch.Tensor, name: str) -> torch.Tensor:
+    if chw.shape[-1] == 0 or chw.shape[-2] == 0:
+        raise ValueError(f"{name}: image has no pixels ({format_size(chw.shape[-1], chw.shape[-2])})")
+    return chw
+
+
 def image_to_tensor(image: ImageLike, name: str = "image") -> torch.Tensor:
     """Convert one image to a float32 RGB tensor ``[3, H, W]`` with values in [0, 1].
 
@@ -48,8 +68,12 @@ def image_to_tensor(image: ImageLike, name: str = "image") -> torch.Tensor:
     if isinstance(image, (str, os.PathLike)):
         return torch.from_numpy(np.asarray(load_image(image), dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
     if isinstance(image, Image.Image):
-        arr = np.asarray(to_rgb8(image, name), dtype=np.float32) / 255.0
-        return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+        try:
+            rgb = to_rgb8(image, name)
+        except (OSError, SyntaxError, EOFError) as exc:  # a lazily opened PIL image whose data is bad
+            raise ImageLoadError(f"{name}: cannot decode image: {' '.join(str(exc).split()) or type(exc).__name__}") from exc
+        arr = np.asarray(rgb, dtype=np.float32) / 255.0
+        return _nonempty(torch.from_numpy(arr).permute(2, 0, 1).contiguous(), name)
     if isinstance(image, np.ndarray):
         arr = image
         if arr.ndim == 2:
@@ -67,7 +91,7 @@ def image_to_tensor(image: ImageLike, name: str = "image") -> torch.Tensor:
         else:
             raise ValueError(f"{name}: unsupported numpy dtype {arr.dtype} (use uint8, uint16 or float in [0, 1])")
         tensor = torch.from_numpy(np.ascontiguousarray(data)).permute(2, 0, 1)
-        return _drop_or_replicate_channels(tensor, name).contiguous()
+        return _nonempty(_drop_or_replicate_channels(tensor, name).contiguous(), name)
     if isinstance(image, torch.Tensor):
         t = image.detach()
         if t.ndim == 2:
@@ -80,7 +104,7 @@ def image_to_tensor(image: ImageLike, name: str = "image") -> torch.Tensor:
             t = t.float()
         else:
             raise ValueError(f"{name}: unsupported tensor dtype {t.dtype} (use uint8 or float in [0, 1])")
-        return _drop_or_replicate_channels(t.cpu(), name).contiguous()
+        return _nonempty(_drop_or_replicate_channels(t.cpu(), name).contiguous(), name)
     raise TypeError(f"{name}: unsupported image type {type(image).__name__} (path, PIL, numpy HWC or torch CHW)")
 
 
@@ -191,7 +215,8 @@ class AfineImageProcessor(BaseImageProcessor):
         if return_tensors not in ("pt", None):
             raise ValueError(f"AfineImageProcessor only returns torch tensors, got return_tensors={return_tensors!r}")
         resize_reference = self.resize_reference if resize_reference is None else bool(resize_reference)
-        dis = self._load_batch(distorted, "distorted")
+        dis_inputs = _as_list(distorted, "distorted")
+        dis = self._load_batch(dis_inputs, "distorted")
         dis_sizes = [tuple(t.shape[-2:]) for t in dis]
         if len(set(dis_sizes)) > 1:
             raise ValueError(
@@ -210,10 +235,15 @@ class AfineImageProcessor(BaseImageProcessor):
                 ref_size = tuple(ref.shape[-2:])
                 if ref_size != dis_sizes[0]:
                     if not resize_reference:
+                        j = i if len(refs) == len(dis) else 0
                         raise ValueError(
-                            f"{_label('reference', i, ref_inputs[i])}: reference is {ref_size[0]}x{ref_size[1]} but the "
-                            f"distorted image is {dis_sizes[0][0]}x{dis_sizes[0][1]}; A-FINE compares images of the "
-                            "same size (pass resize_reference=True to stretch the reference)"
+                            size_mismatch_message(
+                                _label("distorted", j, dis_inputs[j]),
+                                dis_sizes[j],
+                                _label("reference", i, ref_inputs[i]),
+                                ref_size,
+                                "pass resize_reference=True to stretch the reference",
+                            )
                         )
                 stretched.append(stretch_to_multiple(ref[None], self.size_multiple, size=size)[0])
             data["reference"] = torch.stack(stretched)

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .image_io import ImageLoadError
-from .image_processing_afine import AfineImageProcessor, ImageLike, image_to_tensor
+from .image_io import ImageLoadError, format_size, probe_image
+from .image_processing_afine import AfineImageProcessor, ImageLike, image_to_tensor, size_mismatch_message
 from .modeling_afine import AfineModel, AfineOutput, stretch_to_multiple, target_size
 
 #: Hub repository holding a copy of the official ``afine.pth`` (the PyIQA weights mirror).
@@ -226,28 +226,52 @@ def load_afine(
 # --------------------------------------------------------------------------------------------------
 
 
-def _image_size(image: ImageLike, name: str) -> tuple[int, int]:
-    """(H, W) without decoding the whole file."""
-    if isinstance(image, (str, os.PathLike)):
-        from .image_io import load_image
+#: Images with more pixels than this are not scored (A-FINE runs its ViT at native resolution: the cost grows
+#: with the square of the pixel count). 2**25 admits 8K UHD (7680x4320); override with AFINE_MAX_SCORE_PIXELS
+#: (0 disables the budget). The loader's own limit (AFINE_MAX_IMAGE_PIXELS) still applies to every file.
+DEFAULT_MAX_SCORE_PIXELS = 2**25
+MAX_SCORE_PIXELS_ENV = "AFINE_MAX_SCORE_PIXELS"
 
-        try:
-            with Image.open(image) as im:
-                w, h = im.size
-                orientation = im.getexif().get(0x0112, 1)
-        except FileNotFoundError as exc:
-            raise ImageLoadError(f"{image}: file does not exist") from exc
-        except (OSError, SyntaxError):
-            load_image(image)  # raises a clear ImageLoadError
-            raise
-        return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
-    if isinstance(image, Image.Image):
-        return image.size[1], image.size[0]
-    if isinstance(image, np.ndarray):
-        return int(image.shape[0]), int(image.shape[1])
-    if isinstance(image, torch.Tensor):
-        return int(image.shape[-2]), int(image.shape[-1])
-    raise TypeError(f"{name}: unsupported image type {type(image).__name__}")
+
+def _score_budget() -> int:
+    raw = os.environ.get(MAX_SCORE_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_SCORE_PIXELS
+    try:
+        return max(0, int(raw, 0))
+    except ValueError:
+        raise ValueError(f"{MAX_SCORE_PIXELS_ENV}={raw!r} is not a whole number of pixels (0 = no budget)") from None
+
+
+def _check_score_budget(height: int, width: int, name: str) -> None:
+    budget = _score_budget()
+    if budget and height * width > budget:
+        raise ImageLoadError(
+            f"{name}: image is {format_size(width, height)} = {height * width:,} pixels, over the scoring budget of "
+            f"{budget:,} pixels (A-FINE runs at native resolution, {height * width // 1024:,} ViT tokens here; "
+            f"the cost grows with the square of that): set {MAX_SCORE_PIXELS_ENV} to a larger number (0 = no "
+            "budget) to score it anyway"
+        )
+
+
+def _image_size(image: ImageLike, name: str) -> tuple[int, int]:
+    """(H, W) as it will be scored, from the file header only (no pixel decoding), via the project loader.
+
+    Raises :class:`ImageLoadError` (naming the file) for anything the loader would refuse from its header, and
+    for images over the scoring budget (:data:`DEFAULT_MAX_SCORE_PIXELS`).
+    """
+    if isinstance(image, (str, os.PathLike)):
+        height, width = probe_image(image)
+    elif isinstance(image, Image.Image):
+        height, width = image.size[1], image.size[0]
+    elif isinstance(image, np.ndarray):
+        height, width = int(image.shape[0]), int(image.shape[1])
+    elif isinstance(image, torch.Tensor):
+        height, width = int(image.shape[-2]), int(image.shape[-1])
+    else:
+        raise TypeError(f"{name}: unsupported image type {type(image).__name__}")
+    _check_score_budget(height, width, name)
+    return height, width
 
 
 def _name(image: ImageLike, index: int, what: str) -> str:
@@ -392,7 +416,7 @@ class AfineScorer:
                     encoding = self._encode_shared(shared_ref, group_size, size, ref_list[0], resize_reference)
                 except _INPUT_ERRORS as exc:
                     for i in indices:
-                        yield i, exc
+                        yield i, self._pair_error(exc, shared_ref, group_size, ref_list[0], dis_list[i], i, resize_reference)
                     bar.update(len(indices))
                     continue
             for batch in self._iter_batches(indices):
@@ -402,7 +426,7 @@ class AfineScorer:
                         d = self._load(dis_list[i], _name(dis_list[i], i, "distorted"))
                         if not shared:
                             r = self._load(ref_list[i], _name(ref_list[i], i, "reference"))
-                            self._check_size(r, group_size, ref_list[i], i, resize_reference)
+                            self._check_size(r, group_size, ref_list[i], i, resize_reference, distorted=dis_list[i])
                             refs.append(stretch_to_multiple(r[None], size=size)[0])
                     except _INPUT_ERRORS as exc:
                         yield i, exc
@@ -420,14 +444,40 @@ class AfineScorer:
                 bar.update(len(batch))
         bar.close()
 
-    def _check_size(self, ref: torch.Tensor, size: tuple[int, int], source: ImageLike, index: int, resize: bool) -> None:
+    def _check_size(
+        self,
+        ref: torch.Tensor,
+        size: tuple[int, int],
+        source: ImageLike,
+        index: int,
+        resize: bool,
+        *,
+        distorted: ImageLike | None = None,
+        distorted_index: int | None = None,
+    ) -> None:
+        """Raise a ValueError naming both files if reference ``ref`` ([3, H, W]) is not ``size`` (H, W) and
+        ``resize`` is off. ``distorted`` (and its index) name the distorted image of the pair when known."""
         ref_size = tuple(ref.shape[-2:])
-        if ref_size != tuple(size) and not resize:
+        if ref_size == tuple(size) or resize:
+            return
+        fix = "use resize_reference=True / --resize-reference to stretch the reference"
+        ref_name = _name(source, index, "reference")
+        if distorted is None:
+            dis_name = f"every distorted image of size {format_size(size[1], size[0])} scored against it"
             raise ValueError(
-                f"{_name(source, index, 'reference')}: reference is {ref_size[0]}x{ref_size[1]} but the distorted "
-                f"image is {size[0]}x{size[1]}; A-FINE compares images of the same size "
-                "(use resize_reference=True / --resize-reference to stretch the reference)"
+                f"{ref_name}: size mismatch: the reference is {format_size(ref_size[1], ref_size[0])} but {dis_name} "
+                f"is not; A-FINE compares images of the same size ({fix})"
             )
+        dis_name = _name(distorted, index if distorted_index is None else distorted_index, "distorted")
+        raise ValueError(size_mismatch_message(dis_name, size, ref_name, ref_size, fix))
+
+    def _pair_error(self, exc: Exception, ref: torch.Tensor, size, source, distorted, index: int, resize: bool) -> Exception:
+        """``exc`` for one distorted image of a shared-reference group: a size mismatch names both files."""
+        try:
+            self._check_size(ref, size, source, 0, resize, distorted=distorted, distorted_index=index)
+        except ValueError as pair_exc:
+            return pair_exc
+        return exc
 
     def _encode_shared(self, ref: torch.Tensor, dis_size, size, source, resize_reference):
         self._check_size(ref, dis_size, source, 0, resize_reference)
