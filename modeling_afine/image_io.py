@@ -26,8 +26,10 @@ through :func:`load_image` (or :func:`probe_image` for the size alone), so the r
   ``500x333 (WxH)``, width first, everywhere in the project.
 
 Thread safety: loading is safe from many threads. The rare decodes that need one of Pillow's process-wide
-switches (GIF, whose plugin re-checks frame sizes against Pillow's limit; truncated files the caller opted
-in to) run one at a time while no other decode of this module runs, and restore the switches afterwards.
+switches (images above Pillow's own bomb threshold, which some plugins re-check while decoding tiles or
+frames; GIF headers, whose first frame may grow the canvas; truncated files the caller opted in to) run one
+at a time while no other decode of this module runs, and restore the switches afterwards. Other code in the
+same process that uses Pillow directly during such a decode sees the switches flipped for that moment.
 
 This module imports only Pillow and numpy so that data tools can use it cheaply.
 """
@@ -70,7 +72,7 @@ MAX_PIXELS_ENV = "AFINE_MAX_IMAGE_PIXELS"
 ALLOW_TRUNCATED_ENV = "AFINE_ALLOW_TRUNCATED_IMAGES"
 #: Pillow format names accepted (raster formats OpenCV's imread also reads). Tried in this order.
 SUPPORTED_FORMATS = ("PNG", "JPEG", "BMP", "DIB", "TIFF", "WEBP", "GIF", "PPM", "JPEG2000", "AVIF", "SUN", "TGA")
-# formats whose plugin calls Pillow's bomb check itself while opening or decoding
+# formats whose plugin may call Pillow's bomb check while *opening* (GIF: a frame may grow the canvas)
 _SELF_CHECKING = {"GIF"}
 _PLUGINS = {
     "PNG": "PngImagePlugin",
@@ -133,17 +135,20 @@ def _describe(source: object) -> str:
 
 
 class _SharedExclusiveLock:
-    """Many shared holders, or one exclusive holder (for decodes that flip Pillow's global switches)."""
+    """Many shared holders, or one exclusive holder (for decodes that flip Pillow's global switches).
+
+    A waiting exclusive holder blocks new shared holders, so it cannot be starved."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._shared = 0
         self._exclusive = False
+        self._waiting = 0
 
     @contextlib.contextmanager
     def shared(self) -> Iterator[None]:
         with self._cond:
-            while self._exclusive:
+            while self._exclusive or self._waiting:
                 self._cond.wait()
             self._shared += 1
         try:
@@ -156,8 +161,12 @@ class _SharedExclusiveLock:
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
         with self._cond:
-            while self._exclusive or self._shared:
-                self._cond.wait()
+            self._waiting += 1
+            try:
+                while self._exclusive or self._shared:
+                    self._cond.wait()
+            finally:
+                self._waiting -= 1
             self._exclusive = True
         try:
             yield
@@ -190,6 +199,13 @@ def _pillow_switches(*, bomb_check_off: bool, truncated_ok: bool) -> Iterator[No
             yield
         finally:
             Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = old_pixels, old_truncated
+
+
+def _over_pillow_limit(size: tuple[int, int]) -> bool:
+    """Whether Pillow's own check could fire while decoding (some plugins call it on tiles, frames and
+    disposal areas, all within the image): only then is the decode run with Pillow's check switched off."""
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    return pillow_limit is not None and max(1, size[0]) * max(1, size[1]) > pillow_limit
 
 
 def _ensure_plugins() -> None:
@@ -569,7 +585,7 @@ def load_image(
     if isinstance(source, Image.Image):
         _check_pixels(*source.size, limit, name)
         try:
-            with _pillow_switches(bomb_check_off=True, truncated_ok=truncated_ok):
+            with _pillow_switches(bomb_check_off=_over_pillow_limit(source.size), truncated_ok=truncated_ok):
                 source.load()
                 image = ImageOps.exif_transpose(source) or source
         except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError) as exc:
@@ -584,7 +600,7 @@ def load_image(
             elif fmt in ("JPEG", "MPO"):
                 _jpeg_size_check(fp, image, name, _file_size(fp))
         try:
-            with _pillow_switches(bomb_check_off=fmt in _SELF_CHECKING, truncated_ok=truncated_ok):
+            with _pillow_switches(bomb_check_off=_over_pillow_limit(image.size), truncated_ok=truncated_ok):
                 image.load()
                 loaded = ImageOps.exif_transpose(image) or image
         except MemoryError as exc:
