@@ -296,3 +296,44 @@ def test_cli_batch_with_hostile_files(converted_dir, corpus, tmp_path):
     assert all((os.path.realpath(d), os.path.realpath(r)) in scored for d, r in pairs[: len(good)])
     errors = [r for r in records if "error" in r]
     assert len(errors) == len(bad)
+
+
+# ------------------------------------------------------------------------------------------- convert
+
+
+class _Evil:
+    """Pickles to a call of os.system: torch.load(weights_only=True) must refuse it without running it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_convert_refuses_malicious_checkpoint(tmp_path, capsys, legacy):
+    from modeling_afine.convert_afine_checkpoint import main
+
+    marker = tmp_path / "was_executed"
+    evil = tmp_path / "afine.pth"
+    torch.save({"finetuned_clip": _Evil(marker)}, evil, _use_new_zipfile_serialization=not legacy)
+    assert main([str(evil), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert not marker.exists()
+    assert len(err.strip().splitlines()) == 1 and "\x1b" not in err
+    assert str(evil) in err and "refusing to load" in err and "system" in err
+    assert "Weights only load failed" not in err  # our own reason, not torch's paragraph
+
+
+def test_convert_names_non_checkpoints(tmp_path, corpus, capsys):
+    from modeling_afine.convert_afine_checkpoint import main
+
+    text = tmp_path / "notes.pth"
+    text.write_text("hello\n")
+    for source, kind in ((corpus["good.png"].path, "a PNG image"), (text, "text"), (corpus["empty.png"].path, "empty")):
+        assert main([str(source), str(tmp_path / "out")]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(source) in err and kind in err, err
+        assert "pickle" not in err
+    assert not (tmp_path / "out").exists()
