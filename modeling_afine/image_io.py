@@ -43,7 +43,6 @@ import os
 import stat
 import struct
 import threading
-import warnings
 import zlib
 from typing import IO, Iterator, Optional, Union
 
@@ -188,11 +187,10 @@ def _pillow_switches(*, bomb_check_off: bool, truncated_ok: bool) -> Iterator[No
         with _LOCK.shared():
             yield
         return
-    with _LOCK.exclusive(), warnings.catch_warnings():
+    with _LOCK.exclusive():
         old_pixels, old_truncated = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
         if bomb_check_off:
-            Image.MAX_IMAGE_PIXELS = None  # our own limit was checked on the header
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = None  # our own limit was checked on the header; None: no error, no warning
         if truncated_ok:
             ImageFile.LOAD_TRUNCATED_IMAGES = True
         try:
@@ -305,7 +303,7 @@ def _identify(fp: IO[bytes], name: str) -> ImageFile.ImageFile:
         except EOFError:
             raise ImageLoadError(f"{name}: file is truncated (it ends inside the {fmt} header)") from None
         except (OSError, ValueError) as exc:
-            if "truncated" in str(exc).lower():
+            if "truncated" in str(exc).lower() or _container_truncated(fp, fmt):
                 raise ImageLoadError(f"{name}: file is truncated (it ends inside the {fmt} header)") from None
             raise ImageLoadError(f"{name}: cannot read the {fmt} header: {_reason(exc)}") from None
     other = _other_format(fp)
@@ -496,7 +494,21 @@ def _decode_error(exc: BaseException, name: str) -> ImageLoadError:
             f"{name}: truncated: the file ends before all pixel data ({reason}); set {ALLOW_TRUNCATED_ENV}=1 "
             "to load it anyway"
         )
+    if "decoder error" in low or "broken data stream" in low or "decoding error" in low:
+        return ImageLoadError(f"{name}: cannot decode image: its pixel data is corrupt or ends early ({reason})")
     return ImageLoadError(f"{name}: cannot decode image: {reason}")
+
+
+def _container_truncated(fp: IO[bytes], fmt: str) -> bool:
+    """Whether a RIFF (WebP) container declares more bytes than the file holds."""
+    if fmt != "WEBP":
+        return False
+    fp.seek(0)
+    head = fp.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF":
+        return False
+    (declared,) = struct.unpack("<I", head[4:8])
+    return declared + 8 > _file_size(fp)
 
 
 # -------------------------------------------------------------------------------------- public API
@@ -606,6 +618,11 @@ def load_image(
         except MemoryError as exc:
             raise ImageLoadError(f"{name}: out of memory decoding a {format_size(*image.size)} image") from exc
         except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, Image.DecompressionBombError) as exc:
+            if _container_truncated(fp, fmt):
+                raise ImageLoadError(
+                    f"{name}: truncated: the file ends before all pixel data ({_reason(exc)}); set "
+                    f"{ALLOW_TRUNCATED_ENV}=1 to load it anyway"
+                ) from exc
             raise _decode_error(exc, name) from exc
         return to_rgb8(loaded, name)
 

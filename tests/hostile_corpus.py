@@ -74,9 +74,27 @@ def _gif_lying(width: int, height: int) -> bytes:
     return bytes(data)
 
 
-def _tiff_lying(width: int, height: int) -> bytes:
+def _has_webp() -> bool:
+    from PIL import features
+
+    return bool(features.check("webp"))
+
+
+def _png_interlaced_lying(width: int, height: int) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 1)
+    raw = b"\0" * ((width + 7) // 8 * 3 + 1) * 3
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(raw)) + png_chunk(b"IEND", b"")
+
+
+def _tga_lying(height: int) -> bytes:
+    data = bytearray(_encode(Image.new("RGB", (16, 8), (200, 10, 10)), "TGA", compression="tga_rle"))
+    data[14:16] = struct.pack("<H", height)
+    return bytes(data)
+
+
+def _tiff_lying(width: int, height: int, compression: str = "raw") -> bytes:
     real = Image.fromarray(_gradient(8, 8))
-    data = _encode(real, "TIFF")
+    data = _encode(real, "TIFF", compression=compression)
     # patch ImageWidth (256) and ImageLength (257) in the first IFD
     order = "<" if data[:2] == b"II" else ">"
     (ifd,) = struct.unpack(order + "I", data[4:8])
@@ -168,6 +186,18 @@ def build_corpus(folder: Path) -> dict[str, Case]:
     webp = _webp_lying(9000, 9000)
     if webp is not None:
         bad("lying_webp.webp", webp, "")
+    bad("lying_png_interlaced.png", _png_interlaced_lying(3000, 3000), "pixel data ends early")
+    bad("lying_png16.png", png_bytes(3000, 3000, 5, depth=16), "pixel data ends after row 5 of 3000")
+    bad("lying_tiff_deflate.tif", _tiff_lying(3000, 3000, compression="tiff_deflate"), "corrupt or ends early")
+    bad("lying_ppm.ppm", b"P6\n3000 3000\n255\n" + bytes(100), "truncated")
+    bad("lying_tga.tga", _tga_lying(3000), "truncated")
+    good_webp = _encode(Image.fromarray(_gradient(64, 64)), "WEBP") if _has_webp() else None
+    if good_webp is not None:
+        bad("truncated.webp", good_webp[: len(good_webp) // 3], "truncated")
+    prog = bytearray(_encode(Image.fromarray(_gradient(16, 16)), "JPEG", progressive=True))
+    at = prog.index(b"\xff\xc2")
+    prog[at + 5 : at + 9] = struct.pack(">HH", 3000, 3000)
+    bad("lying_progressive.jpg", bytes(prog), "truncated")
     bad("eps_named.png", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n", "")
 
     # --- not regular files ---
