@@ -17,12 +17,20 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 
 from .configuration_afine import CLIP_MEAN, CLIP_STD
-from .image_io import ImageLoadError, format_size, load_image, to_rgb8
+from .image_io import ImageLoadError, format_size, load_image, probe_image, to_rgb8
 from .modeling_afine import stretch_to_multiple, target_size
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
 
-__all__ = ["AfineImageProcessor", "image_to_tensor", "size_mismatch_message"]
+__all__ = [
+    "AfineImageProcessor",
+    "image_to_tensor",
+    "size_mismatch_message",
+    "check_score_budget",
+    "max_score_pixels",
+    "DEFAULT_MAX_SCORE_PIXELS",
+    "MAX_SCORE_PIXELS_ENV",
+]
 
 
 def size_mismatch_message(
@@ -52,6 +60,37 @@ def _drop_or_replicate_channels(chw: torch.Tensor, name: str) -> torch.Tensor:
     raise ValueError(f"{name}: expected 1, 2, 3 or 4 channels, got {channels}")
 
 
+#: Images with more pixels than this are not turned into model inputs: A-FINE runs its ViT at native
+#: resolution, so time grows with the square of the pixel count (and memory at least linearly). 2**25
+#: admits 8K UHD (7680x4320). Override with ``AFINE_MAX_SCORE_PIXELS`` (read at every call; 0 = no budget).
+#: The loader's own limit (``AFINE_MAX_IMAGE_PIXELS``, 2**28) still applies to every file.
+DEFAULT_MAX_SCORE_PIXELS = 2**25
+MAX_SCORE_PIXELS_ENV = "AFINE_MAX_SCORE_PIXELS"
+
+
+def max_score_pixels() -> int:
+    """The scoring budget in force (pixels; 0 = none): ``$AFINE_MAX_SCORE_PIXELS`` or 2**25."""
+    raw = os.environ.get(MAX_SCORE_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_SCORE_PIXELS
+    try:
+        return max(0, int(raw, 0))
+    except ValueError:
+        raise ValueError(f"{MAX_SCORE_PIXELS_ENV}={raw!r} is not a whole number of pixels (0 = no budget)") from None
+
+
+def check_score_budget(height: int, width: int, name: str) -> None:
+    """Raise :class:`ImageLoadError` naming ``name`` if an ``height x width`` image is over the scoring budget."""
+    budget = max_score_pixels()
+    if budget and height * width > budget:
+        raise ImageLoadError(
+            f"{name}: image is {format_size(width, height)} = {height * width:,} pixels, over the scoring budget of "
+            f"{budget:,} pixels (A-FINE runs at native resolution, {-(-height // 32) * -(-width // 32):,} ViT patches here; "
+            f"the cost grows with the square of that): set {MAX_SCORE_PIXELS_ENV} to a larger number (0 = no "
+            "budget) to score it anyway"
+        )
+
+
 def _nonempty(chw: torch.Tensor, name: str) -> torch.Tensor:
     if chw.shape[-1] == 0 or chw.shape[-2] == 0:
         raise ValueError(f"{name}: image has no pixels ({format_size(chw.shape[-1], chw.shape[-2])})")
@@ -64,10 +103,17 @@ def image_to_tensor(image: ImageLike, name: str = "image") -> torch.Tensor:
     Accepts a path, a PIL image, a numpy array ``(H, W)`` / ``(H, W, C)`` (uint8, uint16 or float in [0, 1])
     or a torch tensor ``(C, H, W)`` / ``(H, W)`` (uint8, or float in [0, 1]). 16-bit data keeps its high
     byte (as OpenCV did in the official pipeline); grayscale is replicated and alpha dropped.
+
+    Raises :class:`ImageLoadError` (naming the file) for unreadable files and for images over the scoring
+    budget (:data:`DEFAULT_MAX_SCORE_PIXELS`; a file's size is read from its header before decoding).
     """
     if isinstance(image, (str, os.PathLike)):
-        return torch.from_numpy(np.asarray(load_image(image), dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+        check_score_budget(*probe_image(image), name=os.fspath(image))
+        arr = np.asarray(load_image(image), dtype=np.float32)
+        arr /= 255.0  # in place: the same float32 division as ``arr / 255.0``, one copy less
+        return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
     if isinstance(image, Image.Image):
+        check_score_budget(image.size[1], image.size[0], name)
         try:
             rgb = to_rgb8(image, name)
         except (OSError, SyntaxError, EOFError) as exc:  # a lazily opened PIL image whose data is bad
@@ -82,6 +128,7 @@ def image_to_tensor(image: ImageLike, name: str = "image") -> torch.Tensor:
             raise ValueError(f"{name}: numpy images must be (H, W) or (H, W, C), got shape {image.shape}")
         if arr.shape[2] not in (1, 2, 3, 4) and arr.shape[0] in (1, 3, 4):
             raise ValueError(f"{name}: numpy images must be channels-last (H, W, C), got shape {image.shape}")
+        check_score_budget(arr.shape[0], arr.shape[1], name)
         if arr.dtype == np.uint8:
             data = arr.astype(np.float32) / 255.0
         elif arr.dtype == np.uint16:
@@ -98,6 +145,7 @@ def image_to_tensor(image: ImageLike, name: str = "image") -> torch.Tensor:
             t = t[None]
         if t.ndim != 3:
             raise ValueError(f"{name}: tensors must be (C, H, W) or (H, W), got shape {tuple(image.shape)}")
+        check_score_budget(t.shape[-2], t.shape[-1], name)
         if t.dtype == torch.uint8:
             t = t.float() / 255.0
         elif t.is_floating_point():

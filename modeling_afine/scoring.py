@@ -25,7 +25,13 @@ import torch
 from PIL import Image
 
 from .image_io import ImageLoadError, format_size, probe_image
-from .image_processing_afine import AfineImageProcessor, ImageLike, image_to_tensor, size_mismatch_message
+from .image_processing_afine import (
+    AfineImageProcessor,
+    ImageLike,
+    check_score_budget,
+    image_to_tensor,
+    size_mismatch_message,
+)
 from .modeling_afine import AfineModel, AfineOutput, stretch_to_multiple, target_size
 
 #: Hub repository holding a copy of the official ``afine.pth`` (the PyIQA weights mirror).
@@ -226,39 +232,11 @@ def load_afine(
 # --------------------------------------------------------------------------------------------------
 
 
-#: Images with more pixels than this are not scored (A-FINE runs its ViT at native resolution: the cost grows
-#: with the square of the pixel count). 2**25 admits 8K UHD (7680x4320); override with AFINE_MAX_SCORE_PIXELS
-#: (0 disables the budget). The loader's own limit (AFINE_MAX_IMAGE_PIXELS) still applies to every file.
-DEFAULT_MAX_SCORE_PIXELS = 2**25
-MAX_SCORE_PIXELS_ENV = "AFINE_MAX_SCORE_PIXELS"
-
-
-def _score_budget() -> int:
-    raw = os.environ.get(MAX_SCORE_PIXELS_ENV, "").strip()
-    if not raw:
-        return DEFAULT_MAX_SCORE_PIXELS
-    try:
-        return max(0, int(raw, 0))
-    except ValueError:
-        raise ValueError(f"{MAX_SCORE_PIXELS_ENV}={raw!r} is not a whole number of pixels (0 = no budget)") from None
-
-
-def _check_score_budget(height: int, width: int, name: str) -> None:
-    budget = _score_budget()
-    if budget and height * width > budget:
-        raise ImageLoadError(
-            f"{name}: image is {format_size(width, height)} = {height * width:,} pixels, over the scoring budget of "
-            f"{budget:,} pixels (A-FINE runs at native resolution, {height * width // 1024:,} ViT tokens here; "
-            f"the cost grows with the square of that): set {MAX_SCORE_PIXELS_ENV} to a larger number (0 = no "
-            "budget) to score it anyway"
-        )
-
-
 def _image_size(image: ImageLike, name: str) -> tuple[int, int]:
     """(H, W) as it will be scored, from the file header only (no pixel decoding), via the project loader.
 
     Raises :class:`ImageLoadError` (naming the file) for anything the loader would refuse from its header, and
-    for images over the scoring budget (:data:`DEFAULT_MAX_SCORE_PIXELS`).
+    for images over the scoring budget (``image_processing_afine.DEFAULT_MAX_SCORE_PIXELS``).
     """
     if isinstance(image, (str, os.PathLike)):
         height, width = probe_image(image)
@@ -270,7 +248,7 @@ def _image_size(image: ImageLike, name: str) -> tuple[int, int]:
         height, width = int(image.shape[-2]), int(image.shape[-1])
     else:
         raise TypeError(f"{name}: unsupported image type {type(image).__name__}")
-    _check_score_budget(height, width, name)
+    check_score_budget(height, width, name)
     return height, width
 
 

@@ -258,24 +258,34 @@ def test_iter_scores_scores_good_pairs_and_names_bad_files(model, corpus, tmp_pa
 
 
 def test_scoring_budget(model, tmp_path, monkeypatch):
-    dis, ref = _good_pairs(tmp_path)[0]
+    """Images over AFINE_MAX_SCORE_PIXELS are refused from their header, as distorted or as reference."""
+    (dis, ref), (dis2, ref2) = _good_pairs(tmp_path)[:2]
+    small = tmp_path / "small.png"
+    Image.new("RGB", (20, 10)).save(small)
     monkeypatch.setenv("AFINE_MAX_SCORE_PIXELS", "1000")
-    (i, exc), = list(AfineScorer(model).iter_scores([dis], ref))
-    assert isinstance(exc, ImageLoadError)
-    assert str(dis) in str(exc) and "48x40 (WxH)" in str(exc) and "AFINE_MAX_SCORE_PIXELS" in str(exc)
+    scorer = AfineScorer(model)
+    out = dict(scorer.iter_scores([dis, small], [small, ref2]))
+    for index, path in ((0, dis), (1, ref2)):
+        assert isinstance(out[index], ImageLoadError)
+        message = str(out[index])
+        assert str(path) in message and "48x40 (WxH)" in message and "AFINE_MAX_SCORE_PIXELS" in message
+    with pytest.raises(ImageLoadError, match="scoring budget"):
+        scorer.score(small, ref)  # a shared reference over the budget stops at once
     monkeypatch.setenv("AFINE_MAX_SCORE_PIXELS", "0")
-    (i, ok), = list(AfineScorer(model).iter_scores([dis], ref))
+    (_, ok), = list(scorer.iter_scores([dis], ref))
     assert isinstance(ok, dict)
 
 
 def test_cli_batch_with_hostile_files(converted_dir, corpus, tmp_path):
-    good = _good_pairs(tmp_path)
-    bad = [corpus[n].path for n in BAD_FOR_SCORING if n in corpus]
+    """The whole corpus through ``afine score --pairs``: loadable oddities scored against themselves, every bad
+    file (half as distorted, half as reference) named in exactly one stderr line, no traceback, bounded RSS."""
+    good = [(str(d), str(r)) for d, r in _good_pairs(tmp_path)]
+    good += [(str(c.path), str(c.path)) for c in corpus.values() if c.expect == "ok"]
+    bad = [str(c.path) for c in corpus.values() if c.expect == "error"]
     anchor_dis, anchor_ref = good[0]
-    pairs = [(str(d), str(r)) for d, r in good]
-    half = len(bad) // 2
-    pairs += [(str(b), str(anchor_ref)) for b in bad[:half]]  # bad distorted
-    pairs += [(str(anchor_dis), str(b)) for b in bad[half:]]  # bad references
+    pairs = list(good)
+    pairs += [(b, anchor_ref) for b in bad[::2]]  # bad distorted images
+    pairs += [(anchor_dis, b) for b in bad[1::2]]  # bad references
     csv_path = tmp_path / "pairs.csv"
     with open(csv_path, "w", newline="") as fh:
         csv.writer(fh).writerows([("distorted", "reference")] + pairs)
@@ -284,19 +294,26 @@ def test_cli_batch_with_hostile_files(converted_dir, corpus, tmp_path):
     cmd = [sys.executable, "-m", "modeling_afine", "score", "--pairs", str(csv_path), "--output", str(out),
            "--model", str(converted_dir), "-q", "--batch-size", "4"]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert time.perf_counter() - start < 120
-    assert proc.returncode == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.splitlines()
+    with open(tmp_path / "stdout", "w") as so, open(tmp_path / "stderr", "w") as se:
+        proc = subprocess.Popen(cmd, stdout=so, stderr=se, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    elapsed = time.perf_counter() - start
+    stderr = (tmp_path / "stderr").read_text()
+    print(f"CLI: {elapsed:.1f} s, peak RSS {usage.ru_maxrss / 2**10:.0f} MiB")
+    print(stderr)
+    assert elapsed < 120, f"{elapsed:.0f} s"
+    assert usage.ru_maxrss < 2 * 2**20, f"peak RSS {usage.ru_maxrss / 2**10:.0f} MiB"  # KiB on Linux
+    assert proc.returncode == 1, stderr
+    assert "Traceback" not in stderr
+    lines = stderr.splitlines()
     for b in bad:
-        naming = [line for line in lines if str(b) in line]
+        naming = [line for line in lines if b in line]
         assert len(naming) == 1, (b, naming)
     records = [json.loads(line) for line in out.read_text().splitlines()]
     scored = {(os.path.realpath(r["distorted"]), os.path.realpath(r["reference"])) for r in records if "error" not in r}
-    assert all((os.path.realpath(d), os.path.realpath(r)) in scored for d, r in pairs[: len(good)])
-    errors = [r for r in records if "error" in r]
-    assert len(errors) == len(bad)
+    assert all((os.path.realpath(d), os.path.realpath(r)) in scored for d, r in good)
+    assert len([r for r in records if "error" in r]) == len(bad)
 
 
 # ------------------------------------------------------------------------------------------- convert
