@@ -283,6 +283,7 @@ def _identify(fp: IO[bytes], name: str) -> ImageFile.ImageFile:
     prefix = fp.read(16)
     if not prefix:
         raise ImageLoadError(f"{name}: empty file (0 bytes)")
+    failure: Optional[tuple[str, BaseException]] = None
     for fmt in SUPPORTED_FORMATS:
         entry = Image.OPEN.get(fmt)
         if entry is None:
@@ -298,7 +299,9 @@ def _identify(fp: IO[bytes], name: str) -> ImageFile.ImageFile:
                 with _pillow_switches(bomb_check_off=True, truncated_ok=False):
                     return factory(fp, "")
             return factory(fp, "")
-        except (SyntaxError, IndexError, TypeError, struct.error):
+        except (SyntaxError, IndexError, TypeError, struct.error) as exc:
+            if accept is not None and failure is None:
+                failure = (fmt, exc)  # the magic bytes matched: the best explanation if nothing else fits
             continue  # not this format: try the next, as Image.open does
         except EOFError:
             raise ImageLoadError(f"{name}: file is truncated (it ends inside the {fmt} header)") from None
@@ -306,6 +309,10 @@ def _identify(fp: IO[bytes], name: str) -> ImageFile.ImageFile:
             if "truncated" in str(exc).lower() or _container_truncated(fp, fmt):
                 raise ImageLoadError(f"{name}: file is truncated (it ends inside the {fmt} header)") from None
             raise ImageLoadError(f"{name}: cannot read the {fmt} header: {_reason(exc)}") from None
+    if failure is not None:
+        fmt, exc = failure
+        why = "malformed or cut-short header" if isinstance(exc, (IndexError, struct.error)) else _reason(exc)
+        raise ImageLoadError(f"{name}: corrupt {fmt} file: {why}")
     other = _other_format(fp)
     if other:
         raise ImageLoadError(
@@ -335,6 +342,8 @@ def _other_format(fp: IO[bytes]) -> Optional[str]:
 
 def _reason(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
+    if "MAX_TEXT_CHUNK" in text:
+        text = "a compressed metadata chunk (text or ICC profile) expands to more than 1 MB (a metadata bomb)"
     return text
 
 
@@ -494,7 +503,7 @@ def _decode_error(exc: BaseException, name: str) -> ImageLoadError:
             f"{name}: truncated: the file ends before all pixel data ({reason}); set {ALLOW_TRUNCATED_ENV}=1 "
             "to load it anyway"
         )
-    if "decoder error" in low or "broken data stream" in low or "decoding error" in low:
+    if any(k in low for k in ("decoder error", "broken data stream", "decoding error", "failed to read next frame")):
         return ImageLoadError(f"{name}: cannot decode image: its pixel data is corrupt or ends early ({reason})")
     return ImageLoadError(f"{name}: cannot decode image: {reason}")
 

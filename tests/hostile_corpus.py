@@ -198,6 +198,12 @@ def build_corpus(folder: Path) -> dict[str, Case]:
     at = prog.index(b"\xff\xc2")
     prog[at + 5 : at + 9] = struct.pack(">HH", 3000, 3000)
     bad("lying_progressive.jpg", bytes(prog), "truncated")
+    broken = bytearray(good_png)
+    broken[29] ^= 0xFF  # IHDR checksum
+    bad("bad_checksum.png", bytes(broken), "corrupt png")
+    at = good_png.index(b"IDAT") - 4
+    ztxt = png_chunk(b"zTXt", b"Comment\0\0" + zlib.compress(bytes(4_000_000), 9))
+    bad("metadata_bomb.png", good_png[:at] + ztxt + good_png[at:], "metadata bomb")
     bad("eps_named.png", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n", "")
 
     # --- not regular files ---
