@@ -235,6 +235,8 @@ def _open_regular_file(path: PathLike, name: str) -> IO[bytes]:
         raise ImageLoadError(f"{name}: file does not exist") from None
     except PermissionError:
         raise ImageLoadError(f"{name}: permission denied (cannot look up the file)") from None
+    except ValueError as exc:  # e.g. an embedded NUL character
+        raise ImageLoadError(f"{name!r}: invalid file name ({exc})") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise ImageLoadError(f"{name}: symbolic link loop (the link points back to itself)") from None

@@ -60,16 +60,18 @@ def _drop_or_replicate_channels(chw: torch.Tensor, name: str) -> torch.Tensor:
     raise ValueError(f"{name}: expected 1, 2, 3 or 4 channels, got {channels}")
 
 
-#: Images with more pixels than this are not turned into model inputs: A-FINE runs its ViT at native
-#: resolution, so time grows with the square of the pixel count (and memory at least linearly). 2**25
-#: admits 8K UHD (7680x4320). Override with ``AFINE_MAX_SCORE_PIXELS`` (read at every call; 0 = no budget).
-#: The loader's own limit (``AFINE_MAX_IMAGE_PIXELS``, 2**28) still applies to every file.
-DEFAULT_MAX_SCORE_PIXELS = 2**25
+#: Images with more pixels than this are not turned into model inputs. A-FINE runs its ViT at native
+#: resolution: attention time grows with the square of the pixel count and the model's pixel-level terms
+#: need about 100 bytes per pixel, so an image at the loader's limit (2**28 pixels) would need ~27 GB and
+#: hours to days of CPU time. 2**24 (16.8 MP) admits 4K UHD / DCI 4K frames and 16-MP photos; it refuses
+#: 8K and larger. Override with ``AFINE_MAX_SCORE_PIXELS`` (read at every call; 0 = no budget). The
+#: loader's own limit (``AFINE_MAX_IMAGE_PIXELS``, 2**28) still applies to every file.
+DEFAULT_MAX_SCORE_PIXELS = 2**24
 MAX_SCORE_PIXELS_ENV = "AFINE_MAX_SCORE_PIXELS"
 
 
 def max_score_pixels() -> int:
-    """The scoring budget in force (pixels; 0 = none): ``$AFINE_MAX_SCORE_PIXELS`` or 2**25."""
+    """The scoring budget in force (pixels; 0 = none): ``$AFINE_MAX_SCORE_PIXELS`` or 2**24."""
     raw = os.environ.get(MAX_SCORE_PIXELS_ENV, "").strip()
     if not raw:
         return DEFAULT_MAX_SCORE_PIXELS
@@ -79,13 +81,18 @@ def max_score_pixels() -> int:
         raise ValueError(f"{MAX_SCORE_PIXELS_ENV}={raw!r} is not a whole number of pixels (0 = no budget)") from None
 
 
-def check_score_budget(height: int, width: int, name: str) -> None:
-    """Raise :class:`ImageLoadError` naming ``name`` if an ``height x width`` image is over the scoring budget."""
+def check_score_budget(height: int, width: int, name: str, multiple: int = 32) -> None:
+    """Raise :class:`ImageLoadError` naming ``name`` if a ``height x width`` image, once stretched to multiples
+    of ``multiple`` (what the model processes: a 1-pixel-wide image costs 32 columns), is over the budget."""
     budget = max_score_pixels()
-    if budget and height * width > budget:
+    if not budget:
+        return
+    h32, w32 = -(-height // multiple) * multiple, -(-width // multiple) * multiple
+    if h32 * w32 > budget:
+        stretched = "" if (h32, w32) == (height, width) else f", stretched to {format_size(w32, h32)},"
         raise ImageLoadError(
-            f"{name}: image is {format_size(width, height)} = {height * width:,} pixels, over the scoring budget of "
-            f"{budget:,} pixels (A-FINE runs at native resolution, {-(-height // 32) * -(-width // 32):,} ViT patches here; "
+            f"{name}: image is {format_size(width, height)}{stretched} = {h32 * w32:,} pixels, over the scoring budget "
+            f"of {budget:,} pixels (A-FINE runs at native resolution, {h32 * w32 // multiple**2:,} ViT patches here; "
             f"the cost grows with the square of that): set {MAX_SCORE_PIXELS_ENV} to a larger number (0 = no "
             "budget) to score it anyway"
         )
