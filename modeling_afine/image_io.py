@@ -306,8 +306,14 @@ def _identify(fp: IO[bytes], name: str) -> ImageFile.ImageFile:
                 failure = (fmt, exc)  # the magic bytes matched: the best explanation if nothing else fits
             continue  # not this format: try the next, as Image.open does
         except EOFError:
+            if accept is None:
+                continue  # a format without magic bytes (TGA) only gets a try
             raise ImageLoadError(f"{name}: file is truncated (it ends inside the {fmt} header)") from None
+        except Image.DecompressionBombError as exc:  # not expected: open-time checks run with Pillow's off
+            raise ImageLoadError(f"{name}: refused as a decompression bomb while reading the header ({exc})") from None
         except (OSError, ValueError) as exc:
+            if accept is None:
+                continue
             if "truncated" in str(exc).lower() or _container_truncated(fp, fmt):
                 raise ImageLoadError(f"{name}: file is truncated (it ends inside the {fmt} header)") from None
             raise ImageLoadError(f"{name}: cannot read the {fmt} header: {_reason(exc)}") from None
