@@ -441,10 +441,10 @@ class AfineScorer:
         fix = "use resize_reference=True / --resize-reference to stretch the reference"
         ref_name = _name(source, index, "reference")
         if distorted is None:
-            dis_name = f"every distorted image of size {format_size(size[1], size[0])} scored against it"
             raise ValueError(
-                f"{ref_name}: size mismatch: the reference is {format_size(ref_size[1], ref_size[0])} but {dis_name} "
-                f"is not; A-FINE compares images of the same size ({fix})"
+                f"{ref_name}: size mismatch: the reference is {format_size(ref_size[1], ref_size[0])} but the "
+                f"distorted image(s) scored against it are {format_size(size[1], size[0])}; A-FINE compares images "
+                f"of the same size ({fix})"
             )
         dis_name = _name(distorted, index if distorted_index is None else distorted_index, "distorted")
         raise ValueError(size_mismatch_message(dis_name, size, ref_name, ref_size, fix))
