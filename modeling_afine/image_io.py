@@ -181,15 +181,23 @@ _plugins_ready = False
 
 
 @contextlib.contextmanager
-def _pillow_switches(*, bomb_check_off: bool, truncated_ok: bool) -> Iterator[None]:
-    """Run a decode; flip Pillow's process-wide switches only while holding the exclusive lock."""
-    if not bomb_check_off and not truncated_ok:
+def _pillow_switches(
+    *, size: Optional[tuple[int, int]] = None, bomb_check_off: bool = False, truncated_ok: bool = False
+) -> Iterator[None]:
+    """Run a decode; flip Pillow's process-wide switches only while holding the exclusive lock.
+
+    Pillow's check is switched off when ``bomb_check_off`` or when an image of ``size`` could trip it. That is
+    decided while holding the lock, so no other decode of this module has the switch flipped at that moment.
+    """
+    if not truncated_ok and not bomb_check_off:
         with _LOCK.shared():
-            yield
-        return
+            if size is None or not _over_pillow_limit(size):
+                yield
+                return
+        bomb_check_off = True
     with _LOCK.exclusive():
         old_pixels, old_truncated = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
-        if bomb_check_off:
+        if bomb_check_off or (size is not None and _over_pillow_limit(size)):
             Image.MAX_IMAGE_PIXELS = None  # our own limit was checked on the header; None: no error, no warning
         if truncated_ok:
             ImageFile.LOAD_TRUNCATED_IMAGES = True
@@ -298,7 +306,7 @@ def _identify(fp: IO[bytes], name: str) -> ImageFile.ImageFile:
         fp.seek(0)
         try:
             if fmt in _SELF_CHECKING:
-                with _pillow_switches(bomb_check_off=True, truncated_ok=False):
+                with _pillow_switches(bomb_check_off=True):
                     return factory(fp, "")
             return factory(fp, "")
         except (SyntaxError, IndexError, TypeError, struct.error) as exc:
@@ -614,7 +622,7 @@ def load_image(
     if isinstance(source, Image.Image):
         _check_pixels(*source.size, limit, name)
         try:
-            with _pillow_switches(bomb_check_off=_over_pillow_limit(source.size), truncated_ok=truncated_ok):
+            with _pillow_switches(size=source.size, truncated_ok=truncated_ok):
                 source.load()
                 image = ImageOps.exif_transpose(source) or source
         except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError) as exc:
@@ -629,7 +637,7 @@ def load_image(
             elif fmt in ("JPEG", "MPO"):
                 _jpeg_size_check(fp, image, name, _file_size(fp))
         try:
-            with _pillow_switches(bomb_check_off=_over_pillow_limit(image.size), truncated_ok=truncated_ok):
+            with _pillow_switches(size=image.size, truncated_ok=truncated_ok):
                 image.load()
                 loaded = ImageOps.exif_transpose(image) or image
         except MemoryError as exc:

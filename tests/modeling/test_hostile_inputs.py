@@ -133,6 +133,26 @@ def test_pillow_bomb_check_never_decides(tmp_path, monkeypatch):
             assert probe_image(path) == (64, 48)
     assert Image.MAX_IMAGE_PIXELS == 100  # restored after the GIF decode
 
+    # the same from many threads at once: each decides under the lock, none sees Pillow's check
+    failures: list[BaseException] = []
+
+    def worker(offset: int) -> None:
+        for k in range(3 * len(paths)):
+            try:
+                assert load_image(paths[(k + offset) % len(paths)]).size == (48, 64)
+            except BaseException as exc:  # noqa: BLE001 - collected for the assertion below
+                failures.append(exc)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    assert not failures, failures[:3]
+    assert Image.MAX_IMAGE_PIXELS == 100
+
 
 def test_pixel_limit_env_is_read_at_call_time(tmp_path, monkeypatch):
     path = tmp_path / "a.png"
