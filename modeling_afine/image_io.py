@@ -19,9 +19,11 @@ through :func:`load_image` (or :func:`probe_image` for the size alone), so the r
 * truncated pixel data is refused: files that end early, PNGs whose (complete) compressed stream holds
   fewer rows than the header claims ("pixel data ends after row 4 of 10000"), JPEGs too small to hold the
   blocks their header claims. ``allow_truncated=True`` or ``AFINE_ALLOW_TRUNCATED_IMAGES=1`` opts in to
-  loading such files anyway (missing pixels are filled by the decoder, usually black or gray);
-* only raster formats OpenCV also reads are accepted (:data:`SUPPORTED_FORMATS`), whatever the file
-  extension says; e.g. EPS (which would run Ghostscript) is refused;
+  loading such files anyway (missing pixels are filled by the decoder, usually black or gray). Limit: a
+  JPEG whose data stops early *with* an end-of-image marker, but holds enough bytes for the claimed
+  blocks, is padded with gray by libjpeg (as OpenCV's ``imread`` does) and not detected;
+* only common raster formats are accepted (:data:`SUPPORTED_FORMATS`), whatever the file extension says;
+  e.g. EPS (which would run Ghostscript), PSD or ICO are refused;
 * every failure raises :class:`ImageLoadError` naming the file and the problem; sizes are written
   ``500x333 (WxH)``, width first, everywhere in the project.
 
@@ -69,7 +71,7 @@ DEFAULT_MAX_PIXELS = 2**28
 MAX_PIXELS_ENV = "AFINE_MAX_IMAGE_PIXELS"
 #: Environment variable that, set to 1/true/yes, loads truncated images instead of refusing them.
 ALLOW_TRUNCATED_ENV = "AFINE_ALLOW_TRUNCATED_IMAGES"
-#: Pillow format names accepted (raster formats OpenCV's imread also reads). Tried in this order.
+#: Pillow format names accepted (common raster formats). Tried in this order.
 SUPPORTED_FORMATS = ("PNG", "JPEG", "BMP", "DIB", "TIFF", "WEBP", "GIF", "PPM", "JPEG2000", "AVIF", "SUN", "TGA")
 # formats whose plugin may call Pillow's bomb check while *opening* (GIF: a frame may grow the canvas)
 _SELF_CHECKING = {"GIF"}
