@@ -61,21 +61,86 @@ class ConversionError(ValueError):
     """The checkpoint does not have the official layout; the message lists every problem."""
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"BM", "a BMP image"),
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+    (b"%PDF", "a PDF document"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"\x7fELF", "an executable"),
+)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(_ANSI.sub("", text).split())
+
+
+def _sniff(path: Path) -> None:
+    """Refuse, with a one-line reason, anything that cannot be a ``torch.save`` file, before unpickling."""
+    import stat
+
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ConversionError(f"{path}: file does not exist") from None
+    except OSError as exc:
+        raise ConversionError(f"{path}: cannot access: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ConversionError(f"{path}: is a directory without the per-stage files {', '.join(STAGE_FILES.values())}")
+    if not stat.S_ISREG(st.st_mode):
+        raise ConversionError(f"{path}: not a regular file, so not a PyTorch checkpoint")
+    if st.st_size == 0:
+        raise ConversionError(f"{path}: empty file (0 bytes), not a PyTorch checkpoint")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError as exc:
+        raise ConversionError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80\x02"):
+        return  # torch's zip format, or its legacy pickle format
+    if len(head) >= 9 and head[8:9] == b"{":
+        raise ConversionError(
+            f"{path}: this is a safetensors file, not the official PyTorch checkpoint afine.pth; a folder of "
+            "converted weights can be used directly (--model FOLDER)"
+        )
+    kind = next((what for magic, what in _MAGIC if head.startswith(magic)), None)
+    if kind is None:
+        kind = "text" if all(32 <= b < 127 or b in (9, 10, 13) for b in head) else "not a torch.save file"
+    raise ConversionError(f"{path}: not a PyTorch checkpoint ({kind}); expected the official afine.pth")
+
+
 def _safe_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` with our own one-line errors; nothing in the file is ever executed."""
     import torch
 
+    path = Path(path)
+    _sniff(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        text = _one_line(str(exc))
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        if found:
+            reason = (
+                f"its pickle calls {found.group(1)}, which a file of plain tensors never needs (refused without "
+                "running it)"
+            )
+        elif "Unsupported operand" in text or "invalid load key" in text:
+            reason = "it is not a valid PyTorch pickle (corrupt, or not a torch.save file)"
+        else:
+            reason = "it contains Python objects, not just tensors (refused without running them)"
         raise ConversionError(
-            f"{path}: refusing to load: the file needs unsafe unpickling (it contains Python objects, not just "
-            f"tensors), so it is either not an official A-FINE checkpoint or not trustworthy. Details: "
-            f"{str(exc).splitlines()[0]}"
-        ) from exc
-    except FileNotFoundError as exc:
-        raise ConversionError(f"{path}: file does not exist") from exc
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise ConversionError(f"{path}: not a readable torch checkpoint ({exc})") from exc
+            f"{path}: refusing to load: {reason}; it is not an official A-FINE checkpoint or it has been tampered "
+            "with"
+        ) from None
+    except FileNotFoundError:
+        raise ConversionError(f"{path}: file does not exist") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({_one_line(str(exc)) or type(exc).__name__})") from None
 
 
 def _unwrap_stage(obj: Any, path: Path) -> dict[str, torch.Tensor]:

@@ -17,12 +17,34 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 
 from .configuration_afine import CLIP_MEAN, CLIP_STD
-from .image_io import ImageLoadError, load_image, to_rgb8
+from .image_io import ImageLoadError, format_size, load_image, probe_image, to_rgb8
 from .modeling_afine import stretch_to_multiple, target_size
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
 
-__all__ = ["AfineImageProcessor", "image_to_tensor"]
+__all__ = [
+    "AfineImageProcessor",
+    "image_to_tensor",
+    "size_mismatch_message",
+    "check_score_budget",
+    "max_score_pixels",
+    "DEFAULT_MAX_SCORE_PIXELS",
+    "MAX_SCORE_PIXELS_ENV",
+]
+
+
+def size_mismatch_message(
+    distorted: str, distorted_hw: Sequence[int], reference: str, reference_hw: Sequence[int], fix: str
+) -> str:
+    """One-line error for a (distorted, reference) pair of different sizes, naming both; sizes ``WxH``.
+
+    ``distorted_hw`` / ``reference_hw`` are ``(H, W)`` as in tensor shapes.
+    """
+    return (
+        f"{distorted}: size mismatch: the distorted image is {format_size(distorted_hw[1], distorted_hw[0])} but "
+        f"its reference {reference} is {format_size(reference_hw[1], reference_hw[0])}; A-FINE compares images of "
+        f"the same size ({fix})"
+    )
 
 
 def _drop_or_replicate_channels(chw: torch.Tensor, name: str) -> torch.Tensor:
@@ -38,18 +60,73 @@ def _drop_or_replicate_channels(chw: torch.Tensor, name: str) -> torch.Tensor:
     raise ValueError(f"{name}: expected 1, 2, 3 or 4 channels, got {channels}")
 
 
+#: Images with more pixels than this are not turned into model inputs. A-FINE runs its ViT at native
+#: resolution: attention time grows with the square of the pixel count and the model's pixel-level terms
+#: need about 100 bytes per pixel, so an image at the loader's limit (2**28 pixels) would need ~27 GB and
+#: hours to days of CPU time. 2**24 (16.8 MP) admits 4K UHD / DCI 4K frames and 16-MP photos; it refuses
+#: 8K and larger. Override with ``AFINE_MAX_SCORE_PIXELS`` (read at every call; 0 = no budget). The
+#: loader's own limit (``AFINE_MAX_IMAGE_PIXELS``, 2**28) still applies to every file.
+DEFAULT_MAX_SCORE_PIXELS = 2**24
+MAX_SCORE_PIXELS_ENV = "AFINE_MAX_SCORE_PIXELS"
+
+
+def max_score_pixels() -> int:
+    """The scoring budget in force (pixels; 0 = none): ``$AFINE_MAX_SCORE_PIXELS`` or 2**24."""
+    raw = os.environ.get(MAX_SCORE_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_SCORE_PIXELS
+    try:
+        return max(0, int(raw, 0))
+    except ValueError:
+        raise ValueError(f"{MAX_SCORE_PIXELS_ENV}={raw!r} is not a whole number of pixels (0 = no budget)") from None
+
+
+def check_score_budget(height: int, width: int, name: str, multiple: int = 32) -> None:
+    """Raise :class:`ImageLoadError` naming ``name`` if a ``height x width`` image, once stretched to multiples
+    of ``multiple`` (what the model processes: a 1-pixel-wide image costs 32 columns), is over the budget."""
+    budget = max_score_pixels()
+    if not budget:
+        return
+    h32, w32 = -(-height // multiple) * multiple, -(-width // multiple) * multiple
+    if h32 * w32 > budget:
+        stretched = "" if (h32, w32) == (height, width) else f", stretched to {format_size(w32, h32)},"
+        raise ImageLoadError(
+            f"{name}: image is {format_size(width, height)}{stretched} = {h32 * w32:,} pixels, over the scoring budget "
+            f"of {budget:,} pixels (A-FINE runs at native resolution, {h32 * w32 // multiple**2:,} ViT patches here; "
+            f"the cost grows with the square of that): set {MAX_SCORE_PIXELS_ENV} to a larger number (0 = no "
+            "budget) to score it anyway"
+        )
+
+
+def _nonempty(chw: torch.Tensor, name: str) -> torch.Tensor:
+    if chw.shape[-1] == 0 or chw.shape[-2] == 0:
+        raise ValueError(f"{name}: image has no pixels ({format_size(chw.shape[-1], chw.shape[-2])})")
+    return chw
+
+
 def image_to_tensor(image: ImageLike, name: str = "image") -> torch.Tensor:
     """Convert one image to a float32 RGB tensor ``[3, H, W]`` with values in [0, 1].
 
     Accepts a path, a PIL image, a numpy array ``(H, W)`` / ``(H, W, C)`` (uint8, uint16 or float in [0, 1])
     or a torch tensor ``(C, H, W)`` / ``(H, W)`` (uint8, or float in [0, 1]). 16-bit data keeps its high
     byte (as OpenCV did in the official pipeline); grayscale is replicated and alpha dropped.
+
+    Raises :class:`ImageLoadError` (naming the file) for unreadable files and for images over the scoring
+    budget (:data:`DEFAULT_MAX_SCORE_PIXELS`; a file's size is read from its header before decoding).
     """
     if isinstance(image, (str, os.PathLike)):
-        return torch.from_numpy(np.asarray(load_image(image), dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
-    if isinstance(image, Image.Image):
-        arr = np.asarray(to_rgb8(image, name), dtype=np.float32) / 255.0
+        check_score_budget(*probe_image(image), name=os.fspath(image))
+        arr = np.asarray(load_image(image), dtype=np.float32)
+        arr /= 255.0  # in place: the same float32 division as ``arr / 255.0``, one copy less
         return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    if isinstance(image, Image.Image):
+        check_score_budget(image.size[1], image.size[0], name)
+        try:
+            rgb = to_rgb8(image, name)
+        except (OSError, SyntaxError, EOFError) as exc:  # a lazily opened PIL image whose data is bad
+            raise ImageLoadError(f"{name}: cannot decode image: {' '.join(str(exc).split()) or type(exc).__name__}") from exc
+        arr = np.asarray(rgb, dtype=np.float32) / 255.0
+        return _nonempty(torch.from_numpy(arr).permute(2, 0, 1).contiguous(), name)
     if isinstance(image, np.ndarray):
         arr = image
         if arr.ndim == 2:
@@ -58,6 +135,7 @@ def image_to_tensor(image: ImageLike, name: str = "image") -> torch.Tensor:
             raise ValueError(f"{name}: numpy images must be (H, W) or (H, W, C), got shape {image.shape}")
         if arr.shape[2] not in (1, 2, 3, 4) and arr.shape[0] in (1, 3, 4):
             raise ValueError(f"{name}: numpy images must be channels-last (H, W, C), got shape {image.shape}")
+        check_score_budget(arr.shape[0], arr.shape[1], name)
         if arr.dtype == np.uint8:
             data = arr.astype(np.float32) / 255.0
         elif arr.dtype == np.uint16:
@@ -67,20 +145,21 @@ def image_to_tensor(image: ImageLike, name: str = "image") -> torch.Tensor:
         else:
             raise ValueError(f"{name}: unsupported numpy dtype {arr.dtype} (use uint8, uint16 or float in [0, 1])")
         tensor = torch.from_numpy(np.ascontiguousarray(data)).permute(2, 0, 1)
-        return _drop_or_replicate_channels(tensor, name).contiguous()
+        return _nonempty(_drop_or_replicate_channels(tensor, name).contiguous(), name)
     if isinstance(image, torch.Tensor):
         t = image.detach()
         if t.ndim == 2:
             t = t[None]
         if t.ndim != 3:
             raise ValueError(f"{name}: tensors must be (C, H, W) or (H, W), got shape {tuple(image.shape)}")
+        check_score_budget(t.shape[-2], t.shape[-1], name)
         if t.dtype == torch.uint8:
             t = t.float() / 255.0
         elif t.is_floating_point():
             t = t.float()
         else:
             raise ValueError(f"{name}: unsupported tensor dtype {t.dtype} (use uint8 or float in [0, 1])")
-        return _drop_or_replicate_channels(t.cpu(), name).contiguous()
+        return _nonempty(_drop_or_replicate_channels(t.cpu(), name).contiguous(), name)
     raise TypeError(f"{name}: unsupported image type {type(image).__name__} (path, PIL, numpy HWC or torch CHW)")
 
 
@@ -191,7 +270,8 @@ class AfineImageProcessor(BaseImageProcessor):
         if return_tensors not in ("pt", None):
             raise ValueError(f"AfineImageProcessor only returns torch tensors, got return_tensors={return_tensors!r}")
         resize_reference = self.resize_reference if resize_reference is None else bool(resize_reference)
-        dis = self._load_batch(distorted, "distorted")
+        dis_inputs = _as_list(distorted, "distorted")
+        dis = self._load_batch(dis_inputs, "distorted")
         dis_sizes = [tuple(t.shape[-2:]) for t in dis]
         if len(set(dis_sizes)) > 1:
             raise ValueError(
@@ -210,10 +290,15 @@ class AfineImageProcessor(BaseImageProcessor):
                 ref_size = tuple(ref.shape[-2:])
                 if ref_size != dis_sizes[0]:
                     if not resize_reference:
+                        j = i if len(refs) == len(dis) else 0
                         raise ValueError(
-                            f"{_label('reference', i, ref_inputs[i])}: reference is {ref_size[0]}x{ref_size[1]} but the "
-                            f"distorted image is {dis_sizes[0][0]}x{dis_sizes[0][1]}; A-FINE compares images of the "
-                            "same size (pass resize_reference=True to stretch the reference)"
+                            size_mismatch_message(
+                                _label("distorted", j, dis_inputs[j]),
+                                dis_sizes[j],
+                                _label("reference", i, ref_inputs[i]),
+                                ref_size,
+                                "pass resize_reference=True to stretch the reference",
+                            )
                         )
                 stretched.append(stretch_to_multiple(ref[None], self.size_multiple, size=size)[0])
             data["reference"] = torch.stack(stretched)

@@ -22,8 +22,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .image_io import ImageLoadError
-from .image_processing_afine import AfineImageProcessor, ImageLike, image_to_tensor
+from .image_io import ImageLoadError, format_size, probe_image
+from .image_processing_afine import (
+    AfineImageProcessor,
+    ImageLike,
+    check_score_budget,
+    image_to_tensor,
+    size_mismatch_message,
+)
 from .devices import DeviceNotAvailableError, resolve_device, resolve_dtype
 from .model_source import (  # noqa: F401  (re-exported for compatibility)
     DEFAULT_MODEL_FILENAME,
@@ -92,27 +98,23 @@ def load_afine(
 
 
 def _image_size(image: ImageLike, name: str) -> tuple[int, int]:
-    """(H, W) without decoding the whole file."""
-    if isinstance(image, (str, os.PathLike)):
-        from .image_io import load_image
+    """(H, W) as it will be scored, from the file header only (no pixel decoding), via the project loader.
 
-        try:
-            with Image.open(image) as im:
-                w, h = im.size
-                orientation = im.getexif().get(0x0112, 1)
-        except FileNotFoundError as exc:
-            raise ImageLoadError(f"{image}: file does not exist") from exc
-        except (OSError, SyntaxError):
-            load_image(image)  # raises a clear ImageLoadError
-            raise
-        return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
-    if isinstance(image, Image.Image):
-        return image.size[1], image.size[0]
-    if isinstance(image, np.ndarray):
-        return int(image.shape[0]), int(image.shape[1])
-    if isinstance(image, torch.Tensor):
-        return int(image.shape[-2]), int(image.shape[-1])
-    raise TypeError(f"{name}: unsupported image type {type(image).__name__}")
+    Raises :class:`ImageLoadError` (naming the file) for anything the loader would refuse from its header, and
+    for images over the scoring budget (``image_processing_afine.DEFAULT_MAX_SCORE_PIXELS``).
+    """
+    if isinstance(image, (str, os.PathLike)):
+        height, width = probe_image(image)
+    elif isinstance(image, Image.Image):
+        height, width = image.size[1], image.size[0]
+    elif isinstance(image, np.ndarray):
+        height, width = int(image.shape[0]), int(image.shape[1])
+    elif isinstance(image, torch.Tensor):
+        height, width = int(image.shape[-2]), int(image.shape[-1])
+    else:
+        raise TypeError(f"{name}: unsupported image type {type(image).__name__}")
+    check_score_budget(height, width, name)
+    return height, width
 
 
 def _name(image: ImageLike, index: int, what: str) -> str:
@@ -415,7 +417,7 @@ class AfineScorer:
             if step.ref is not None:
                 return d, None
             r = self._load(own_refs[i], _name(own_refs[i], i, "reference"))
-            self._check_size(r, step.size, own_refs[i], i, resize_reference)
+            self._check_size(r, step.size, own_refs[i], i, resize_reference, distorted=dis_list[i])
             return d, stretch_to_multiple(r[None], size=step.target)[0]
 
         tasks += [lambda i=i: item(i) for i in step.items]
@@ -479,8 +481,12 @@ class AfineScorer:
                         except _INPUT_ERRORS as exc:
                             encoding = exc
                 if isinstance(encoding, Exception):
+                    source = shared_refs[step.ref]
                     for i in step.items:
-                        yield i, encoding
+                        if isinstance(ref_tensor, Exception):
+                            yield i, encoding
+                        else:  # a size mismatch names both files of the pair
+                            yield i, self._pair_error(encoding, ref_tensor, step.size, source, dis_list[i], i, resize_reference)
                     bar.update(len(step.items))
                     continue
             for i, exc in loaded.errors:
@@ -496,14 +502,40 @@ class AfineScorer:
             bar.update(len(step.items))
         bar.close()
 
-    def _check_size(self, ref: torch.Tensor, size: tuple[int, int], source: ImageLike, index: int, resize: bool) -> None:
+    def _check_size(
+        self,
+        ref: torch.Tensor,
+        size: tuple[int, int],
+        source: ImageLike,
+        index: int,
+        resize: bool,
+        *,
+        distorted: ImageLike | None = None,
+        distorted_index: int | None = None,
+    ) -> None:
+        """Raise a ValueError naming both files if reference ``ref`` ([3, H, W]) is not ``size`` (H, W) and
+        ``resize`` is off. ``distorted`` (and its index) name the distorted image of the pair when known."""
         ref_size = tuple(ref.shape[-2:])
-        if ref_size != tuple(size) and not resize:
+        if ref_size == tuple(size) or resize:
+            return
+        fix = "use resize_reference=True / --resize-reference to stretch the reference"
+        ref_name = _name(source, index, "reference")
+        if distorted is None:
             raise ValueError(
-                f"{_name(source, index, 'reference')}: reference is {ref_size[0]}x{ref_size[1]} but the distorted "
-                f"image is {size[0]}x{size[1]}; A-FINE compares images of the same size "
-                "(use resize_reference=True / --resize-reference to stretch the reference)"
+                f"{ref_name}: size mismatch: the reference is {format_size(ref_size[1], ref_size[0])} but the "
+                f"distorted image(s) scored against it are {format_size(size[1], size[0])}; A-FINE compares images "
+                f"of the same size ({fix})"
             )
+        dis_name = _name(distorted, index if distorted_index is None else distorted_index, "distorted")
+        raise ValueError(size_mismatch_message(dis_name, size, ref_name, ref_size, fix))
+
+    def _pair_error(self, exc: Exception, ref: torch.Tensor, size, source, distorted, index: int, resize: bool) -> Exception:
+        """``exc`` for one distorted image of a shared-reference group: a size mismatch names both files."""
+        try:
+            self._check_size(ref, size, source, 0, resize, distorted=distorted, distorted_index=index)
+        except ValueError as pair_exc:
+            return pair_exc
+        return exc
 
     def _encode_shared(self, ref: torch.Tensor, dis_size, size, source, resize_reference):
         self._check_size(ref, dis_size, source, 0, resize_reference)
