@@ -23,8 +23,8 @@ DEFAULT_MODEL_ID = os.environ.get("AFINE_DEFAULT_REPO", "chaofengc/IQA-PyTorch-W
 DEFAULT_MODEL_FILENAME = os.environ.get("AFINE_DEFAULT_FILENAME", "afine.pth")
 
 OFFLINE_HELP = (
-    "To use a local copy instead: afine convert afine.pth ./afine-model  then pass --model ./afine-model "
-    "(model='./afine-model' in Python); the README's 'Getting the weights' says where afine.pth is published."
+    "To use a local copy instead: afine convert afine.pth  (writes ./afine) then pass --model ./afine "
+    "(model='./afine' in Python); the README's 'Getting the weights' says where afine.pth is published."
 )
 
 __all__ = [
