@@ -24,7 +24,7 @@ import pickle
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 if TYPE_CHECKING:  # torch and transformers are imported on use, so 'afine convert --help' starts instantly
     import torch
@@ -331,6 +331,37 @@ def build_model_from_official(source: str | Path | Mapping[str, Mapping[str, tor
     return model.eval()
 
 
+def save_model_folder(
+    model: Any, output_dir: str | Path, *, with_code: bool = True, state_dict: Optional[Mapping[str, Any]] = None
+) -> Path:
+    """Save ``model`` (an ``AfineModel``), its image processor and, with ``with_code``, the model code with
+    ``auto_map`` into ``output_dir``, so that ``AutoModel.from_pretrained(output_dir, trust_remote_code=True)``
+    works without this package. ``state_dict`` (optional) replaces the model's own, e.g. one gathered by
+    DeepSpeed / FSDP. Used by ``afine convert`` and by every training stage's export."""
+    from .image_processing_afine import AfineImageProcessor
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    processor = AfineImageProcessor(
+        image_mean=model.config.image_mean, image_std=model.config.image_std, size_multiple=model.config.size_multiple
+    )
+    classes = (type(model.config), type(model), AfineImageProcessor)
+    previous = [getattr(c, "_auto_class", None) for c in classes]
+    try:
+        if with_code:
+            # Copies configuration/modeling/processing files (and their relative imports) next to the weights
+            # and writes `auto_map`.
+            type(model.config).register_for_auto_class()
+            type(model).register_for_auto_class("AutoModel")
+            AfineImageProcessor.register_for_auto_class("AutoImageProcessor")
+        model.save_pretrained(output_dir, state_dict=dict(state_dict) if state_dict is not None else None)
+        processor.save_pretrained(output_dir)
+    finally:  # do not leak the registration into later, unrelated saves
+        for cls, value in zip(classes, previous):
+            cls._auto_class = value
+    return output_dir
+
+
 def convert_afine_checkpoint(
     source: str | Path,
     output_dir: str | Path,
@@ -346,28 +377,8 @@ def convert_afine_checkpoint(
 
     Returns the output directory. Raises :class:`ConversionError` on any layout problem; nothing is written then.
     """
-    from .image_processing_afine import AfineImageProcessor
-    from .modeling_afine import AfineModel
-
     model = build_model_from_official(source, **config_overrides)
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    processor = AfineImageProcessor(
-        image_mean=model.config.image_mean, image_std=model.config.image_std, size_multiple=model.config.size_multiple
-    )
-    classes = (type(model.config), AfineModel, AfineImageProcessor)
-    previous = [getattr(c, "_auto_class", None) for c in classes]
-    try:
-        if with_code:
-            # Copies configuration/modeling/processing files next to the weights and writes `auto_map`.
-            type(model.config).register_for_auto_class()
-            AfineModel.register_for_auto_class("AutoModel")
-            AfineImageProcessor.register_for_auto_class("AutoImageProcessor")
-        model.save_pretrained(output_dir)
-        processor.save_pretrained(output_dir)
-    finally:  # do not leak the registration into later, unrelated saves
-        for cls, value in zip(classes, previous):
-            cls._auto_class = value
+    output_dir = save_model_folder(model, output_dir, with_code=with_code)
     if model_card:
         write_model_card(output_dir, source=Path(source).name, with_code=with_code)
     return output_dir

@@ -22,29 +22,14 @@ CODE_FILES = ("configuration_afine.py", "modeling_afine.py", "image_processing_a
 
 
 def save_model_folder(model, output_dir, *, state_dict: Optional[Mapping[str, Any]] = None) -> Path:
-    """Save ``model`` (an ``AfineModel``) + its image processor + code files with ``auto_map`` to ``output_dir``.
+    """Save ``model`` (an ``AfineModel``) + its image processor + code files with ``auto_map`` to ``output_dir``
+    (the converter's own writer, so stage exports and ``afine convert`` folders are the same kind of folder).
 
     ``state_dict`` (optional) replaces the model's own, e.g. one gathered by DeepSpeed / FSDP.
     """
-    from modeling_afine import AfineImageProcessor
+    from modeling_afine.convert_afine_checkpoint import save_model_folder as write_folder
 
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    processor = AfineImageProcessor(image_mean=model.config.image_mean, image_std=model.config.image_std,
-                                    size_multiple=model.config.size_multiple)
-    classes = (type(model.config), type(model), AfineImageProcessor)
-    previous = [getattr(c, "_auto_class", None) for c in classes]
-    try:
-        # copies configuration/modeling/processing files next to the weights and writes auto_map
-        type(model.config).register_for_auto_class()
-        type(model).register_for_auto_class("AutoModel")
-        AfineImageProcessor.register_for_auto_class("AutoImageProcessor")
-        model.save_pretrained(str(output_dir), state_dict=dict(state_dict) if state_dict is not None else None)
-        processor.save_pretrained(str(output_dir))
-    finally:  # do not leak the registration into later, unrelated saves
-        for cls, value in zip(classes, previous):
-            cls._auto_class = value
-    return output_dir
+    return write_folder(model, output_dir, with_code=True, state_dict=state_dict)
 
 
 _STAGE_TEXT = {

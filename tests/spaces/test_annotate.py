@@ -216,12 +216,13 @@ def test_two_annotators_at_once_through_the_app_keep_every_label(diffiqa_dir, tm
     ds = dataset_scripts.load("diffiqa", data_dir=str(root), name="annotations", split="full",
                               cache_dir=str(tmp_path / "hf_cache"))
     assert len(ds) == 2 * n
-    assert {r["label"] for r in ds} <= {"Positive", "Negative"}  # "left is better" is never "Similar"
+    name = ds.features["label"].int2str  # labels are a ClassLabel
+    assert {name(r["label"]) for r in ds} <= {"Positive", "Negative"}  # "left is better" is never "Similar"
     # each label agrees with the side the pair was shown on (seeded, so recomputable)
     for row in ds:
         pair = next(p for p in store.pairs if (p.ref, p.variant) == (row["group"], row["variant"]))
         side = store.side_for(row["annotator"], pair)
-        assert row["label"] == ("Positive" if side == "left" else "Negative"), row
+        assert name(row["label"]) == ("Positive" if side == "left" else "Negative"), row
 
 
 def test_concurrent_writes_of_one_label_keep_the_first(diffiqa_dir):

@@ -120,7 +120,7 @@ def test_bad_files_raise_the_loaders_error_naming_the_file(metric, pngs, tmp_pat
 
 
 def test_oversized_image_is_refused_before_decoding(metric, pngs):
-    with pytest.raises(ImageLoadError, match=f"{pngs['mild']}: .*exceeds the limit of 1024"):
+    with pytest.raises(ImageLoadError, match=f"{pngs['mild']}: .*exceeds the limit of 1,024"):
         metric.compute(predictions=[pngs["mild"]], references=[pngs["ref"]], max_pixels=32 * 32)
     with pytest.raises(ImageLoadError) as direct:
         load_image(pngs["mild"], max_pixels=32 * 32)
@@ -143,7 +143,7 @@ def test_metric_page_via_client(metric, scorer, pngs, monkeypatch):
         out = client.predict(handle_file(pngs["strong"]), handle_file(pngs["ref"]), False, api_name="/compute")
         assert out["score"][0] == pytest.approx(float(scorer.score(pngs["strong"], pngs["ref"]).score[0]), abs=1e-5)
         monkeypatch.setenv("AFINE_MAX_IMAGE_PIXELS", str(32 * 32))
-        with pytest.raises(Exception, match="exceeds the limit of 1024"):
+        with pytest.raises(Exception, match="exceeds the limit of 1,024"):
             client.predict(handle_file(pngs["strong"]), handle_file(pngs["ref"]), False, api_name="/compute")
     finally:
         demo.close()

@@ -256,7 +256,11 @@ def test_two_process_evaluation_equals_one_process(tmp_path, converted_model, hf
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
-    assert two["results"] == one["results"] and two["scored"] == one["scored"] > 0
+    assert two["scored"] == one["scored"] > 0
+    assert two["results"].keys() == one["results"].keys()
+    for view, metrics in one["results"].items():  # other batch compositions: float rounding only
+        assert two["results"][view] == {k: v if isinstance(v, str) else pytest.approx(v, rel=1e-5, abs=1e-6)
+                                        for k, v in metrics.items()}
     a, b = _cache(tmp_path / "two.scores.jsonl"), _cache(tmp_path / "one.scores.jsonl")
     assert a.keys() == b.keys()
     for key in a:  # other batch compositions: float rounding only
