@@ -47,7 +47,7 @@ class _Sizes:
         from .images import image_io
 
         io = image_io()
-        self._load, self._err = io.load_image, io.ImageLoadError
+        self._load, self._err, self._format = io.load_image, io.ImageLoadError, io.format_size
         self.report = report
         self.sizes: dict[Path, Optional[tuple[int, int]]] = {}
 
@@ -68,7 +68,9 @@ class _Sizes:
         for img, ref in _progress(pairs, desc, progress):
             a, b = self.size(img), self.size(ref)
             if a is not None and b is not None and a != b:
-                self.report.add("size_mismatch", img, f"size {a[0]}x{a[1]} differs from reference {ref.name} ({b[0]}x{b[1]})")
+                self.report.add(
+                    "size_mismatch", img, f"size {self._format(*a)} differs from reference {ref.name} ({self._format(*b)})"
+                )
 
 
 def check(
