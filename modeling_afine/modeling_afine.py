@@ -663,17 +663,24 @@ class AfineModel(AfinePreTrainedModel):
             ref_natural = self._natural_rgb_stats(ref_pixels, ref_stats) if reference is not None else None
 
         # Blocks 1..12, reduced to statistics as they come; at most one block output per image batch is alive.
-        if reference is None:
-            blocks = ((h, None) for h in self._block_outputs(dis_pixels))
-        elif reference.shape[0] == batch and 2 * batch * (1 + size[0] * size[1] // self._patch_area()) <= _MAX_JOINT_TOKENS:
+        # (Plain next() calls: zip/enumerate would keep the previous outputs referenced one block longer.)
+        joint = reference is not None and reference.shape[0] == batch
+        joint = joint and 2 * batch * (1 + size[0] * size[1] // self._patch_area()) <= _MAX_JOINT_TOKENS
+        if joint:
             # Small inputs: one backbone pass over distorted and reference together.
-            joint = self._block_outputs(torch.cat([dis_pixels, ref_pixels.to(dis_pixels.dtype)], dim=0))
-            blocks = ((h[:batch], h[batch:]) for h in joint)
+            dis_blocks = self._block_outputs(torch.cat([dis_pixels, ref_pixels.to(dis_pixels.dtype)], dim=0))
+            ref_blocks = None
         else:
-            # Big inputs (or a broadcast reference): two passes in lockstep, half the transient memory.
-            blocks = zip(self._block_outputs(dis_pixels), self._block_outputs(ref_pixels))
+            # Big inputs or a broadcast reference: two passes in lockstep, half the transient memory of one.
+            dis_blocks = self._block_outputs(dis_pixels)
+            ref_blocks = self._block_outputs(ref_pixels) if reference is not None else None
         del dis_pixels, ref_pixels  # the generators own them now and drop them after the patch embedding
-        for k, (x_hidden, y_hidden) in enumerate(blocks):
+        for k in range(self.config.num_feature_layers):
+            x_hidden = next(dis_blocks)
+            if joint:
+                x_hidden, y_hidden = x_hidden[:batch], x_hidden[batch:]
+            else:
+                y_hidden = next(ref_blocks) if ref_blocks is not None else None
             with no_autocast:
                 x = self._relu_tokens(x_hidden)
                 dis_stats.add(x)
@@ -684,6 +691,7 @@ class AfineModel(AfinePreTrainedModel):
                     ref_stats.add(y)
                 cross.append(_cross_mean(x, y, overwrite_x=True))
             del x, y, x_hidden, y_hidden
+        del dis_blocks, ref_blocks
 
         with no_autocast:
             for stats, natural in ((dis_stats, dis_natural), (ref_stats, ref_natural)):
