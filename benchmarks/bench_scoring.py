@@ -239,6 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--big-size", type=int, nargs=2, default=(2160, 3840), metavar=("H", "W"), help="the big pair")
     ap.add_argument("--skip-big", action="store_true", help="skip the 4K pair subprocesses")
     ap.add_argument("--big-before", action="store_true", help="also run the 4K pair through the pre-streaming path")
+    ap.add_argument("--skip-help", action="store_true", help="skip timing `afine --help`")
     ap.add_argument("--model", default=None, help="converted A-FINE folder (default: random full-size weights)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--tiny", action="store_true", help="tiny backbone and sizes: a smoke test of this script")
@@ -314,7 +315,7 @@ def main(argv: list[str] | None = None) -> dict:
                 res["x_floor"] = res["seconds"] / big_floor[dtype]
             big[f"{dtype} {path}"] = res
 
-    cli = help_time(args.repeats)
+    cli = {"skipped": True} if args.skip_help else help_time(args.repeats)
     results = {
         "machine": info,
         "workload": {"n_distorted": args.n, "size": list(args.size), "batch": args.batch, "tokens_per_image": tokens,
@@ -344,7 +345,7 @@ def main(argv: list[str] | None = None) -> dict:
                   f"  peak RSS {res['peak_rss_mb']:.0f} MiB  ({res['size'][1]}x{res['size'][0]}, {res['tokens_per_image']} tokens/image)")
     if "seconds" in cli:
         print(f"{cli['command']}: {cli['seconds']:.2f} s")
-    else:
+    elif "error" in cli:
         print(f"{cli['command']}: error {cli['error']}")
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out}")
