@@ -507,8 +507,10 @@ class AfineModel(AfinePreTrainedModel):
             hidden = layer(hidden, None)
             yield hidden
 
-    def _patch_area(self) -> int:
-        return self.config.vision_config.patch_size ** 2
+    def _num_tokens(self, size: tuple[int, int]) -> int:
+        """Tokens per image (CLS included) for a stretched ``size``; the patch conv drops any remainder."""
+        patch = self.config.vision_config.patch_size
+        return 1 + (size[0] // patch) * (size[1] // patch)
 
     def _relu_tokens(self, hidden: torch.Tensor) -> torch.Tensor:
         """ReLU of a block output without CLS, in the heads' dtype (the tokens both heads consume)."""
@@ -521,10 +523,10 @@ class AfineModel(AfinePreTrainedModel):
         n, f = self.natural_head, self.fidelity_head
         return torch.equal(n.mean, f.mean) and torch.equal(n.std, f.std)
 
-    def _natural_rgb_stats(self, pixels: torch.Tensor, fidelity_stats: _TokenStats) -> _TokenStats:
+    def _natural_rgb_stats(self, pixels: torch.Tensor, fidelity_stats: _TokenStats, shared: bool) -> _TokenStats:
         """The naturalness head's RGB-layer statistics (those of the fidelity head when the buffers agree)."""
         stats = _TokenStats()
-        if self._heads_share_rgb_tokens():
+        if shared:
             stats.means.append(fidelity_stats.means[0])
             stats.variances.append(fidelity_stats.variances[0])
         else:
@@ -534,11 +536,6 @@ class AfineModel(AfinePreTrainedModel):
     def _calibrated_naturalness(self, stats: _TokenStats) -> tuple[torch.Tensor, torch.Tensor]:
         raw = self.natural_head.from_statistics(stats.means, stats.variances)
         return self.natural_calibration(raw), raw
-
-    def _naturalness_from_features(self, pixels: torch.Tensor, features) -> tuple[torch.Tensor, torch.Tensor]:
-        with self._no_autocast(pixels.device):
-            raw = self.natural_head(pixels.to(self._head_dtype()), list(features))
-            return self.natural_calibration(raw), raw
 
     def _prepare(self, pixel_values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return stretch_to_multiple(pixel_values, self.config.size_multiple, size=size)
@@ -553,11 +550,14 @@ class AfineModel(AfinePreTrainedModel):
         stats = _TokenStats()
         with self._no_autocast(pixels.device):
             stats.add(self._rgb_tokens(self.natural_head, pixels))
-        for hidden in self._block_outputs(pixels):
-            with self._no_autocast(pixels.device):
+        device = pixels.device
+        blocks = self._block_outputs(pixels)
+        del pixels  # the generator drops it after the patch embedding
+        for hidden in blocks:
+            with self._no_autocast(device):
                 stats.add(self._relu_tokens(hidden))
             del hidden
-        with self._no_autocast(pixels.device):
+        with self._no_autocast(device):
             n, raw = self._calibrated_naturalness(stats)
         return AfineNaturalnessOutput(naturalness=n, naturalness_raw=raw)
 
@@ -573,7 +573,7 @@ class AfineModel(AfinePreTrainedModel):
         stats = _TokenStats()
         with self._no_autocast(pixels.device):
             stats.add(self._rgb_tokens(self.fidelity_head, pixels))
-            natural = self._natural_rgb_stats(pixels, stats)
+            natural = self._natural_rgb_stats(pixels, stats, self._heads_share_rgb_tokens())
         features = []
         for hidden in self._block_outputs(pixels):
             features.append(hidden[:, 1:])
@@ -659,13 +659,14 @@ class AfineModel(AfinePreTrainedModel):
             if reference is not None:
                 ref_stats.add(y)
             del y
-            dis_natural = self._natural_rgb_stats(dis_pixels, dis_stats)
-            ref_natural = self._natural_rgb_stats(ref_pixels, ref_stats) if reference is not None else None
+            shared = self._heads_share_rgb_tokens()
+            dis_natural = self._natural_rgb_stats(dis_pixels, dis_stats, shared)
+            ref_natural = self._natural_rgb_stats(ref_pixels, ref_stats, shared) if reference is not None else None
 
         # Blocks 1..12, reduced to statistics as they come; at most one block output per image batch is alive.
         # (Plain next() calls: zip/enumerate would keep the previous outputs referenced one block longer.)
         joint = reference is not None and reference.shape[0] == batch
-        joint = joint and 2 * batch * (1 + size[0] * size[1] // self._patch_area()) <= _MAX_JOINT_TOKENS
+        joint = joint and 2 * batch * self._num_tokens(size) <= _MAX_JOINT_TOKENS
         if joint:
             # Small inputs: one backbone pass over distorted and reference together.
             dis_blocks = self._block_outputs(torch.cat([dis_pixels, ref_pixels.to(dis_pixels.dtype)], dim=0))
