@@ -93,6 +93,45 @@ class AfineVisionEmbeddings(CLIPVisionEmbeddings):
         return super().forward(pixel_values, interpolate_pos_encoding=True)
 
 
+class _QuickGELU(nn.Module):
+    """CLIP's quick_gelu, x * sigmoid(1.702 x), computed in place of its input when no graph is recorded.
+
+    The same arithmetic as transformers' ``QuickGELUActivation`` (bit-identical); without autograd it needs one
+    temporary instead of two, which matters for the MLP's tokens x 3072 activations at 4K. The input (the fc1
+    output, owned by nobody else) is overwritten in that case.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _needs_graph(x):
+            return x * torch.sigmoid(1.702 * x)
+        gate = torch.mul(x, 1.702).sigmoid_()
+        return x.mul_(gate)
+
+
+def _release_free_heap() -> None:
+    """Hand freed heap memory back to the OS (glibc ``malloc_trim``); a no-op elsewhere.
+
+    Block outputs of big images are ~25 MB, below glibc's mmap threshold, so they live on the heap; freed
+    between blocks, they fragment it and the resident size would otherwise creep up by one block per layer.
+    """
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        _MALLOC_TRIM = False
+        try:
+            import ctypes
+
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            pass
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM = None
+#: Passes with at least this many tokens (batch x tokens per image) trim the heap after every block.
+_TRIM_TOKENS = 4096
+
+
 # --------------------------------------------------------------------------------------------------
 # Heads
 # --------------------------------------------------------------------------------------------------
@@ -455,6 +494,9 @@ class AfineModel(AfinePreTrainedModel):
         super().__init__(config)
         self.vision_model = CLIPVisionModel(config.vision_config)
         self.vision_model.embeddings = AfineVisionEmbeddings(config.vision_config)
+        if config.vision_config.hidden_act == "quick_gelu":
+            for layer in self.vision_model.encoder.layers:
+                layer.mlp.activation_fn = _QuickGELU()
         self.natural_head = AfineNaturalnessHead(config)
         self.fidelity_head = AfineFidelityHead(config)
         self.natural_calibration = AfineNaturalnessCalibration(config)
@@ -494,18 +536,23 @@ class AfineModel(AfinePreTrainedModel):
         return torch.autocast(device_type=device.type, enabled=False)
 
     def _block_outputs(self, pixel_values: torch.Tensor) -> Iterator[torch.Tensor]:
-        """Yield the CLIP blocks' outputs ``[B, 1 + N, hidden]`` (CLS first) one block at a time.
+        """Yield the embeddings, then the CLIP blocks' outputs ``[B, 1 + N, hidden]`` (CLS first), one at a time.
 
-        The same computation as ``vision_model(..., output_hidden_states=True).hidden_states[1:]``, but only one
-        block's output is alive at a time, so the caller can reduce it before the next one exists. Gradient
-        checkpointing (``gradient_checkpointing_enable()``) applies per block as in the stock encoder.
+        The same computation as ``vision_model(..., output_hidden_states=True).hidden_states``, but only one
+        block's output is alive at a time, so the caller can reduce it before the next one exists. The first
+        ``next()`` runs the patch embedding and drops the pixels (without autograd), so callers can prime several
+        passes before running their blocks. Gradient checkpointing applies per block as in the stock encoder.
         """
         vision = self.vision_model
         hidden = vision.pre_layrnorm(vision.embeddings(pixel_values, interpolate_pos_encoding=True))
-        del pixel_values  # without autograd the (possibly concatenated) input is freed here
+        trim = pixel_values.shape[0] * hidden.shape[1] >= _TRIM_TOKENS and pixel_values.device.type == "cpu"
+        del pixel_values  # the caller no longer holds it: freed here unless autograd keeps it
+        yield hidden
         for layer in vision.encoder.layers:
             hidden = layer(hidden, None)
             yield hidden
+            if trim:
+                _release_free_heap()
 
     def _num_tokens(self, size: tuple[int, int]) -> int:
         """Tokens per image (CLS included) for a stretched ``size``; the patch conv drops any remainder."""
@@ -553,6 +600,7 @@ class AfineModel(AfinePreTrainedModel):
         device = pixels.device
         blocks = self._block_outputs(pixels)
         del pixels  # the generator drops it after the patch embedding
+        next(blocks)  # the embeddings
         for hidden in blocks:
             with self._no_autocast(device):
                 stats.add(self._relu_tokens(hidden))
@@ -575,7 +623,9 @@ class AfineModel(AfinePreTrainedModel):
             stats.add(self._rgb_tokens(self.fidelity_head, pixels))
             natural = self._natural_rgb_stats(pixels, stats, self._heads_share_rgb_tokens())
         features = []
-        for hidden in self._block_outputs(pixels):
+        blocks = self._block_outputs(pixels)
+        next(blocks)  # the embeddings
+        for hidden in blocks:
             features.append(hidden[:, 1:])
             with self._no_autocast(pixels.device):
                 stats.add(self._relu_tokens(hidden))
@@ -676,6 +726,9 @@ class AfineModel(AfinePreTrainedModel):
             dis_blocks = self._block_outputs(dis_pixels)
             ref_blocks = self._block_outputs(ref_pixels) if reference is not None else None
         del dis_pixels, ref_pixels  # the generators own them now and drop them after the patch embedding
+        next(dis_blocks)  # both embeddings first: no input image stays alive while the blocks run
+        if ref_blocks is not None:
+            next(ref_blocks)
         for k in range(self.config.num_feature_layers):
             x_hidden = next(dis_blocks)
             if joint:

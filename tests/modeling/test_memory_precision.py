@@ -186,3 +186,28 @@ def test_4k_pair_peak_memory():
 
     report = json.loads(res.stdout.strip().splitlines()[-1])
     assert report["peak_rss_mb"] < 1536, report
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lean_quick_gelu_is_bit_identical(dtype):
+    from transformers.activations import QuickGELUActivation
+
+    from modeling_afine.modeling_afine import _QuickGELU
+
+    x = (torch.randn(3, 50, 96) * 4).to(dtype)
+    expected = QuickGELUActivation()(x)
+    with torch.no_grad():
+        assert torch.equal(_QuickGELU()(x.clone()), expected)
+    leaf = x.clone().requires_grad_(True)
+    out = _QuickGELU()(leaf)
+    assert torch.equal(out.detach(), expected) and torch.equal(leaf.detach(), x)  # no in-place with a graph
+    out.sum().backward()
+    ref_leaf = x.clone().requires_grad_(True)
+    QuickGELUActivation()(ref_leaf).sum().backward()
+    assert torch.equal(leaf.grad, ref_leaf.grad)
+
+
+def test_model_uses_the_lean_activation(tiny_model):
+    from modeling_afine.modeling_afine import _QuickGELU
+
+    assert all(isinstance(layer.mlp.activation_fn, _QuickGELU) for layer in tiny_model.vision_model.encoder.layers)
