@@ -549,10 +549,10 @@ class AfineModel(AfinePreTrainedModel):
         del pixel_values  # the caller no longer holds it: freed here unless autograd keeps it
         yield hidden
         for layer in vision.encoder.layers:
+            if trim:  # the caller has reduced and dropped the previous output by now
+                _release_free_heap()
             hidden = layer(hidden, None)
             yield hidden
-            if trim:
-                _release_free_heap()
 
     def _num_tokens(self, size: tuple[int, int]) -> int:
         """Tokens per image (CLS included) for a stretched ``size``; the patch conv drops any remainder."""
