@@ -117,11 +117,12 @@ def backbone_gemms(vision_config, tokens: int, images: int, query_block: int = 1
         (1, (m, d), (d, d)),  # output projection
         (1, (m, d), (d, ff)),  # fc1
         (1, (m, ff), (ff, d)),  # fc2
-        (blocks * images, (heads, q, hd), (heads, hd, tokens)),  # Q K^T
-        (blocks * images, (heads, q, tokens), (heads, tokens, hd)),  # softmax(.) V
+        (blocks, (images * heads, q, hd), (images * heads, hd, tokens)),  # Q K^T, all images and heads in one call
+        (blocks, (images * heads, q, tokens), (images * heads, tokens, hd)),  # softmax(.) V
     ]
     if rest:
-        per_layer += [(images, (heads, rest, hd), (heads, hd, tokens)), (images, (heads, rest, tokens), (heads, tokens, hd))]
+        bh = images * heads
+        per_layer += [(1, (bh, rest, hd), (bh, hd, tokens)), (1, (bh, rest, tokens), (bh, tokens, hd))]
     out += [(count * layers, a, b) for count, a, b in per_layer]
     return out
 
