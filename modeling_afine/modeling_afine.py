@@ -544,8 +544,12 @@ class AfineModel(AfinePreTrainedModel):
         passes before running their blocks. Gradient checkpointing applies per block as in the stock encoder.
         """
         vision = self.vision_model
+        patch = self.config.vision_config.patch_size
+        tokens = pixel_values.shape[0] * (1 + (pixel_values.shape[-2] // patch) * (pixel_values.shape[-1] // patch))
+        trim = tokens >= _TRIM_TOKENS and pixel_values.device.type == "cpu"
+        if trim:  # the image-sized temporaries of the RGB statistics are gone by now
+            _release_free_heap()
         hidden = vision.pre_layrnorm(vision.embeddings(pixel_values, interpolate_pos_encoding=True))
-        trim = pixel_values.shape[0] * hidden.shape[1] >= _TRIM_TOKENS and pixel_values.device.type == "cpu"
         del pixel_values  # the caller no longer holds it: freed here unless autograd keeps it
         yield hidden
         for layer in vision.encoder.layers:
