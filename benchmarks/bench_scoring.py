@@ -8,13 +8,14 @@ Rows (full-size ViT-B/32, random weights unless ``--model DIR``; one reference, 
                   all 12 block outputs kept and then reduced by the heads (how QuickInference/afine.py scores)
   ours fp32       the shared reference encoded once (``encode_reference``), distorted images batched, fp32
   ours bf16       the same with the backbone in bf16 (heads fp32, as ``load_afine(dtype="bfloat16")``)
-  GEMM floor      the backbone's matrix products alone (``torch.matmul`` on the model's exact shapes, fp32 and
-                  bf16), timed on this machine in this run: a lower bound for the model time
+  GEMM floor      the backbone's FLOPs (projections, MLP, attention products, patch embedding) at the rate
+                  ``torch.matmul`` reaches on the model's own projection shapes (tokens x 768 by 768 x 2304,
+                  768 x 3072, ...), fp32 and bf16, timed on this machine in this run: a lower bound for the model
   4K pair         one 3840x2160 pair in a fresh subprocess (``bench_big_image.py``): time, peak RSS, vs its floor
   afine --help    the CLI's start-up, in a subprocess
 
 "speed-up" is baseline time / row time; "of floor" is floor time / row time (1.00 = at the GEMM floor).
-Timings are medians of ``--repeats``; the floor is the best of its repeats. Run on a quiet machine: time is
+Timings are medians of ``--repeats``; the GEMM rate is the best of its repeats. Run on a quiet machine: time is
 meaningless when other jobs share the cores (peak RSS is not).
 """
 
@@ -98,64 +99,75 @@ def machine_info() -> dict:
 # ------------------------------------------------------------------------------------------------ floor
 
 
-def backbone_gemms(vision_config, tokens: int, images: int, query_block: int = 1024) -> list[tuple[int, tuple[int, ...], tuple[int, ...]]]:
+def backbone_gemms(vision_config, tokens: int, images: int, query_block: int = 1024) -> list[tuple]:
     """The backbone's matrix products for ``images`` images of ``tokens`` tokens (CLS included).
 
-    Returns ``(count, a_shape, b_shape)`` triples for ``torch.matmul``. Attention products are listed per
-    query block of at most ``query_block`` rows (same FLOPs, bounded memory for 4K inputs).
+    Returns ``(count, a_shape, b_shape, kind)`` tuples for ``torch.matmul``; kind is ``patch`` (the patch
+    embedding as a GEMM), ``proj`` (q/k/v/out projections, fc1, fc2) or ``attn`` (Q K^T and P V, listed per
+    query block of at most ``query_block`` rows: same FLOPs, bounded memory).
     """
     d, ff, layers = vision_config.hidden_size, vision_config.intermediate_size, vision_config.num_hidden_layers
     heads = vision_config.num_attention_heads
     hd = d // heads
     m = tokens * images
+    bh = images * heads
     patch_in = vision_config.num_channels * vision_config.patch_size**2
     q = min(tokens, query_block)
     blocks, rest = divmod(tokens, q)
-    out = [(1, ((tokens - 1) * images, patch_in), (patch_in, d))]  # patch embedding (conv as a GEMM)
+    out = [(1, ((tokens - 1) * images, patch_in), (patch_in, d), "patch")]
     per_layer = [
-        (3, (m, d), (d, d)),  # q, k, v projections
-        (1, (m, d), (d, d)),  # output projection
-        (1, (m, d), (d, ff)),  # fc1
-        (1, (m, ff), (ff, d)),  # fc2
-        (blocks, (images * heads, q, hd), (images * heads, hd, tokens)),  # Q K^T, all images and heads in one call
-        (blocks, (images * heads, q, tokens), (images * heads, tokens, hd)),  # softmax(.) V
+        (3, (m, d), (d, d), "proj"),  # q, k, v
+        (1, (m, d), (d, d), "proj"),  # output projection
+        (1, (m, d), (d, ff), "proj"),  # fc1
+        (1, (m, ff), (ff, d), "proj"),  # fc2
+        (blocks, (bh, q, hd), (bh, hd, tokens), "attn"),  # Q K^T
+        (blocks, (bh, q, tokens), (bh, tokens, hd), "attn"),  # softmax(.) V
     ]
     if rest:
-        bh = images * heads
-        per_layer += [(1, (bh, rest, hd), (bh, hd, tokens)), (1, (bh, rest, tokens), (bh, tokens, hd))]
-    out += [(count * layers, a, b) for count, a, b in per_layer]
+        per_layer += [(1, (bh, rest, hd), (bh, hd, tokens), "attn"), (1, (bh, rest, tokens), (bh, tokens, hd), "attn")]
+    out += [(count * layers, a, b, kind) for count, a, b, kind in per_layer]
     return out
 
 
+def _flops(a: tuple[int, ...], b: tuple[int, ...]) -> float:
+    batch = a[0] if len(a) == 3 else 1
+    return 2.0 * batch * a[-2] * a[-1] * b[-1]
+
+
 def gemm_flops(gemms) -> float:
-    total = 0.0
-    for count, a, b in gemms:
-        batch = a[0] if len(a) == 3 else 1
-        total += count * 2.0 * batch * a[-2] * a[-1] * b[-1]
-    return total
+    return sum(g[0] * _flops(g[1], g[2]) for g in gemms)
 
 
-def gemm_floor(gemms, dtype: torch.dtype, device: torch.device, repeats: int = 3, sample_layers: int = 0) -> float:
-    """Seconds the listed products take with ``torch.matmul`` in ``dtype`` (best of ``repeats`` per shape)."""
-    cache: dict[tuple, float] = {}
-    total = 0.0
-    for count, a_shape, b_shape in gemms:
+def gemm_rate(gemms, dtype: torch.dtype, device: torch.device, repeats: int = 3) -> float:
+    """FLOP/s of ``torch.matmul`` in ``dtype`` on the workload's projection shapes (best of ``repeats`` each)."""
+    flops = seconds = 0.0
+    timed_shapes: dict[tuple, float] = {}
+    for count, a_shape, b_shape, kind in gemms:
+        if kind != "proj":
+            continue
         key = (a_shape, b_shape)
-        if key not in cache:
+        if key not in timed_shapes:
             a = torch.randn(a_shape, device=device).to(dtype)
             b = torch.randn(b_shape, device=device).to(dtype)
             torch.matmul(a, b)
             best = float("inf")
-            for _ in range(repeats):
+            for _ in range(max(1, repeats)):
                 _sync(device)
                 t = time.perf_counter()
                 torch.matmul(a, b)
                 _sync(device)
                 best = min(best, time.perf_counter() - t)
-            cache[key] = best
+            timed_shapes[key] = best
             del a, b
-        total += count * cache[key]
-    return total
+        flops += count * _flops(a_shape, b_shape)
+        seconds += count * timed_shapes[key]
+    return flops / seconds
+
+
+def gemm_floor(gemms, dtype: torch.dtype, device: torch.device, repeats: int = 3) -> float:
+    """Seconds for all the workload's FLOPs (attention and patch embedding included) at the GEMM rate that
+    ``torch.matmul`` reaches on the model's own projection shapes in ``dtype``: a lower bound for the model."""
+    return gemm_flops(gemms) / gemm_rate(gemms, dtype, device, repeats)
 
 
 def _sync(device: torch.device) -> None:
@@ -291,15 +303,10 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.skip_big:
         big_size = (64, 96) if args.tiny else tuple(args.big_size)
         big_tokens = tokens_for(big_size, vc.patch_size)
-        # Floor of the pair: two images; one layer's products measured and scaled (same shapes every layer).
-        one_layer = copy.copy(vc)
-        one_layer.num_hidden_layers = 1
-        pair_gemms = backbone_gemms(one_layer, big_tokens, 1)
-        patch = pair_gemms[:1]
-        layer = pair_gemms[1:]
-        big_floor = {}
-        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-            big_floor[name] = 2 * (gemm_floor(patch, dtype, device, 1) + vc.num_hidden_layers * gemm_floor(layer, dtype, device, 1))
+        # Floor of the pair: two images' FLOPs at the GEMM rate of this token count.
+        pair_gemms = backbone_gemms(vc, big_tokens, 1)
+        big_floor = {name: 2 * gemm_floor(pair_gemms, dtype, device, 1)
+                     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
         runs = [("fp32", "streaming"), ("bf16", "streaming")] + ([("fp32", "all-features")] if args.big_before else [])
         for dtype, path in runs:
             cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_big_image.py"), "--dtype", dtype, "--path", path,

@@ -24,7 +24,9 @@ def test_backbone_flops_match_the_vit_formula():
     vc = AfineConfig().vision_config
     L, d, ff, layers = 8161, 768, 3072, 12
     expected = layers * (2 * L * d * (4 * d + 2 * ff) + 4 * L * L * d) + 2 * (L - 1) * 3 * 32 * 32 * d
-    got = bench_scoring.gemm_flops(bench_scoring.backbone_gemms(vc, bench_scoring.tokens_for((2160, 3840), 32), 1))
+    gemms = bench_scoring.backbone_gemms(vc, bench_scoring.tokens_for((2160, 3840), 32), 1)
+    got = bench_scoring.gemm_flops(gemms)
+    assert {g[3] for g in gemms} == {"patch", "proj", "attn"}
     assert got == pytest.approx(expected, rel=1e-12)
     assert 3.7e12 < got < 3.9e12
     # Query blocking does not change the count, and images scale it linearly.
