@@ -701,38 +701,45 @@ class AfineModel(AfinePreTrainedModel):
                 raise ValueError(f"reference encoding batch must be 1 or {batch}, got {enc.pixel_values.shape[0]}")
 
         dis_stats, ref_stats, cross = _TokenStats(), _TokenStats(), []
+        shared = self._heads_share_rgb_tokens()
+        joint = reference is not None and reference.shape[0] == batch
+        joint = joint and 2 * batch * self._num_tokens(size) <= _MAX_JOINT_TOKENS
+        # Layer k = 0 (the RGB pixels) first, then the patch embeddings. Big inputs take one image batch at a
+        # time and start its backbone pass at once, so at most one stretched input and one token copy coexist.
         dis_pixels = self._prepare(distorted, size)
-        ref_pixels = self._prepare(reference, size) if reference is not None else enc.pixel_values
-        # Layer k = 0, the RGB pixels, first: its image-sized temporaries are gone before the backbone runs.
         with no_autocast:
             x = self._rgb_tokens(self.fidelity_head, dis_pixels)
             dis_stats.add(x)
+            dis_natural = self._natural_rgb_stats(dis_pixels, dis_stats, shared)
+        dis_blocks = ref_blocks = None
+        if not joint:
+            # Big inputs or a broadcast reference: separate passes in lockstep, half the transient memory of one.
+            dis_blocks = self._block_outputs(dis_pixels)
+            del dis_pixels
+            next(dis_blocks)  # the patch embedding; the stretched input is dropped
+        ref_pixels = self._prepare(reference, size) if reference is not None else enc.pixel_values
+        with no_autocast:
             y = self._rgb_tokens(self.fidelity_head, ref_pixels)
             cross.append(_cross_mean(x, y, overwrite_x=True))
             del x
             if reference is not None:
                 ref_stats.add(y)
             del y
-            shared = self._heads_share_rgb_tokens()
-            dis_natural = self._natural_rgb_stats(dis_pixels, dis_stats, shared)
             ref_natural = self._natural_rgb_stats(ref_pixels, ref_stats, shared) if reference is not None else None
-
-        # Blocks 1..12, reduced to statistics as they come; at most one block output per image batch is alive.
-        # (Plain next() calls: zip/enumerate would keep the previous outputs referenced one block longer.)
-        joint = reference is not None and reference.shape[0] == batch
-        joint = joint and 2 * batch * self._num_tokens(size) <= _MAX_JOINT_TOKENS
         if joint:
             # Small inputs: one backbone pass over distorted and reference together.
             dis_blocks = self._block_outputs(torch.cat([dis_pixels, ref_pixels.to(dis_pixels.dtype)], dim=0))
-            ref_blocks = None
-        else:
-            # Big inputs or a broadcast reference: two passes in lockstep, half the transient memory of one.
-            dis_blocks = self._block_outputs(dis_pixels)
-            ref_blocks = self._block_outputs(ref_pixels) if reference is not None else None
-        del dis_pixels, ref_pixels  # the generators own them now and drop them after the patch embedding
-        next(dis_blocks)  # both embeddings first: no input image stays alive while the blocks run
-        if ref_blocks is not None:
+            del dis_pixels, ref_pixels
+            next(dis_blocks)
+        elif reference is not None:
+            ref_blocks = self._block_outputs(ref_pixels)
+            del ref_pixels
             next(ref_blocks)
+        else:
+            del ref_pixels  # the encoding keeps it
+
+        # Blocks 1..12, reduced to statistics as they come; at most one block output per pass is alive.
+        # (Plain next() calls: zip/enumerate would keep the previous outputs referenced one block longer.)
         for k in range(self.config.num_feature_layers):
             x_hidden = next(dis_blocks)
             if joint:
