@@ -128,7 +128,7 @@ def _release_free_heap() -> None:
 
 
 _MALLOC_TRIM = None
-#: Passes with at least this many tokens (batch x tokens per image) trim the heap after every block.
+#: CPU passes with at least this many tokens (batch x tokens per image) trim the heap before every block.
 _TRIM_TOKENS = 4096
 
 
