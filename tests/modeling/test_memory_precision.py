@@ -75,13 +75,15 @@ def test_streaming_is_bit_identical_to_all_features_path(tiny_model, monkeypatch
 
 
 def test_big_images_are_bit_identical_in_lockstep(tiny_model):
-    """A pair above the joint-pass limit (2 x 1 + 33 x 17 tokens... with patch 32: 1056x544 -> lockstep)."""
-    dis, ref = images(1, 1, size=(1030, 540), seed=2)
-    assert 2 * (1 + 33 * 17) > afine_modeling._MAX_JOINT_TOKENS // 8  # many tokens, still quick with the tiny model
+    """A pair big enough for the default policy's lockstep passes and heap trimming (2040x2070 -> 2048x2080)."""
+    dis, ref = images(1, 1, size=(2040, 2070), seed=2)
+    tokens = 1 + (2048 // 32) * (2080 // 32)
+    assert 2 * tokens > afine_modeling._MAX_JOINT_TOKENS and tokens >= afine_modeling._TRIM_TOKENS
     with torch.no_grad():
         out = tiny_model(dis, ref)
         u_dis, u_ref, dist = all_features_path(tiny_model, dis, ref)
-    assert torch.equal(out.naturalness_distorted_raw, u_dis) and torch.equal(out.fidelity_raw, dist)
+    assert torch.equal(out.naturalness_distorted_raw, u_dis) and torch.equal(out.naturalness_reference_raw, u_ref)
+    assert torch.equal(out.fidelity_raw, dist)
 
 
 def test_encoding_without_statistics_still_scores(tiny_model):
