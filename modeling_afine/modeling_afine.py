@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -93,21 +93,83 @@ class AfineVisionEmbeddings(CLIPVisionEmbeddings):
         return super().forward(pixel_values, interpolate_pos_encoding=True)
 
 
+class _QuickGELU(nn.Module):
+    """CLIP's quick_gelu, x * sigmoid(1.702 x), computed in place of its input when no graph is recorded.
+
+    The same arithmetic as transformers' ``QuickGELUActivation`` (bit-identical); without autograd it needs one
+    temporary instead of two, which matters for the MLP's tokens x 3072 activations at 4K. The input (the fc1
+    output, owned by nobody else) is overwritten in that case.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _needs_graph(x):
+            return x * torch.sigmoid(1.702 * x)
+        gate = torch.mul(x, 1.702).sigmoid_()
+        return x.mul_(gate)
+
+
+def _release_free_heap() -> None:
+    """Hand freed heap memory back to the OS (glibc ``malloc_trim``); a no-op elsewhere.
+
+    Block outputs of big images are ~25 MB, below glibc's mmap threshold, so they live on the heap; freed
+    between blocks, they fragment it and the resident size would otherwise creep up by one block per layer.
+    """
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        _MALLOC_TRIM = False
+        try:
+            import ctypes
+
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            pass
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM = None
+#: CPU passes with at least this many tokens (batch x tokens per image) trim the heap before every block.
+_TRIM_TOKENS = 4096
+
+
 # --------------------------------------------------------------------------------------------------
 # Heads
 # --------------------------------------------------------------------------------------------------
 
 
+def _needs_graph(*tensors: torch.Tensor) -> bool:
+    """True when autograd records ops on these tensors (then no in-place shortcuts)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def _token_mean_var(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and population variance over tokens: ``[B, N, C]`` -> two ``[B, 1, C]``."""
     mean = tokens.mean(1, keepdim=True)
-    var = ((tokens - mean) ** 2).mean(1, keepdim=True)
+    if _needs_graph(tokens):
+        var = ((tokens - mean) ** 2).mean(1, keepdim=True)
+    else:
+        # The same arithmetic with one temporary instead of two (matters for 4K images).
+        var = (tokens - mean).pow_(2).mean(1, keepdim=True)
     return mean, var
+
+
+def _cross_mean(x: torch.Tensor, y: torch.Tensor, overwrite_x: bool = False) -> torch.Tensor:
+    """Per-channel E[x*y] over tokens (``y`` may have batch 1): ``[B, N, C]`` -> ``[B, 1, C]``.
+
+    ``overwrite_x`` lets it reuse ``x``'s memory for the product when no graph is recorded (x is then garbage).
+    """
+    if overwrite_x and not _needs_graph(x, y) and x.shape == torch.broadcast_shapes(x.shape, y.shape):
+        return x.mul_(y).mean(1, keepdim=True)
+    return (x * y).mean(1, keepdim=True)
 
 
 def _pixel_tokens(pixel_values: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """Undo CLIP normalisation and flatten to RGB tokens: ``[B, 3, H, W]`` -> ``[B, H*W, 3]`` (about 0..1)."""
-    return (pixel_values * std + mean).flatten(2).transpose(1, 2)
+    if _needs_graph(pixel_values, mean, std):
+        pixels = pixel_values * std + mean
+    else:
+        pixels = (pixel_values * std).add_(mean)  # same arithmetic, one image-sized temporary fewer
+    return pixels.flatten(2).transpose(1, 2)
 
 
 class AfineNaturalnessHead(nn.Module):
@@ -129,11 +191,20 @@ class AfineNaturalnessHead(nn.Module):
         self.register_buffer("std", torch.tensor(config.image_std).view(1, 3, 1, 1))
 
     def forward(self, pixel_values: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
-        pieces = []
-        mean, var = _token_mean_var(_pixel_tokens(pixel_values, self.mean, self.std))
-        pieces.append(torch.cat([mean.flatten(1), var.flatten(1)], dim=1))
-        for feat in features:
-            mean, var = _token_mean_var(F.relu(feat))
+        """u from the image ``[B, 3, H, W]`` (CLIP-normalised) and the 12 block outputs ``[B, N, hidden]``."""
+        stats = [_token_mean_var(_pixel_tokens(pixel_values, self.mean, self.std))]
+        stats += [_token_mean_var(F.relu(feat)) for feat in features]
+        return self.from_statistics([m for m, _ in stats], [v for _, v in stats])
+
+    def from_statistics(self, means: list[torch.Tensor], variances: list[torch.Tensor]) -> torch.Tensor:
+        """u from the per-layer token statistics the head consumes, shape ``[B]``.
+
+        Args:
+            means, variances: 13 entries each, ``[B, 1, C_k]``: per-channel token mean and population variance
+                of the de-normalised RGB pixels (k = 0) and of ReLU(block k output) (k = 1..12).
+        """
+        pieces = [torch.cat([means[0].flatten(1), variances[0].flatten(1)], dim=1)]
+        for mean, var in zip(means[1:], variances[1:]):
             # One projection shared by all 12 layers, as in the release.
             pieces.append(self.proj_feat(torch.cat([mean.flatten(1), var.flatten(1)], dim=1)))
         return self.proj_head(torch.cat(pieces, dim=1)).squeeze(1)
@@ -170,18 +241,39 @@ class AfineFidelityHead(nn.Module):
         x_features: list[torch.Tensor],
         y_features: list[torch.Tensor],
     ) -> torch.Tensor:
-        alphas, betas = self.layer_weights()
+        """D from the two images ``[B, 3, H, W]`` and their 12 block outputs ``[B, N, hidden]`` (y may have batch 1)."""
         xs = [_pixel_tokens(x_pixels, self.mean, self.std)] + [F.relu(f) for f in x_features]
         ys = [_pixel_tokens(y_pixels, self.mean, self.std)] + [F.relu(f) for f in y_features]
+        x_stats = [_token_mean_var(x) for x in xs]
+        y_stats = [_token_mean_var(y) for y in ys]
+        cross = [_cross_mean(x, y) for x, y in zip(xs, ys)]
+        return self.from_statistics(
+            [m for m, _ in x_stats], [v for _, v in x_stats], [m for m, _ in y_stats], [v for _, v in y_stats], cross
+        )
+
+    def from_statistics(
+        self,
+        x_means: list[torch.Tensor],
+        x_variances: list[torch.Tensor],
+        y_means: list[torch.Tensor],
+        y_variances: list[torch.Tensor],
+        cross_means: list[torch.Tensor],
+    ) -> torch.Tensor:
+        """D from per-layer token statistics, shape ``[B]``.
+
+        Every argument has 13 entries ``[B or 1, 1, C_k]`` (k = 0: de-normalised RGB pixels, k >= 1: ReLU of
+        block k): per-channel means and population variances of x and y, and E[x*y] over tokens.
+        """
+        alphas, betas = self.layer_weights()
         c1 = c2 = self.eps
         dist1 = 0.0
         dist2 = 0.0
-        for alpha, beta, x, y in zip(alphas, betas, xs, ys):
-            x_mean, x_var = _token_mean_var(x)
-            y_mean, y_var = _token_mean_var(y)
+        for alpha, beta, x_mean, x_var, y_mean, y_var, xy_mean in zip(
+            alphas, betas, x_means, x_variances, y_means, y_variances, cross_means
+        ):
             s1 = (2 * x_mean * y_mean + c1) / (x_mean**2 + y_mean**2 + c1)
             # Uncentered covariance E[xy] - E[x]E[y], exactly as the release computes it.
-            cov = (x * y).mean(1, keepdim=True) - x_mean * y_mean
+            cov = xy_mean - x_mean * y_mean
             s2 = (2 * cov + c2) / (x_var + y_var + c2)
             dist1 = dist1 + (alpha * s1).sum(2)
             dist2 = dist2 + (beta * s2).sum(2)
@@ -292,12 +384,19 @@ class AfineNaturalnessOutput(ModelOutput):
 class AfineReferenceEncoding(ModelOutput):
     """A reference image encoded once, to score many distorted images against it.
 
+    It holds only what scoring against it needs: the fidelity head's E[x*y] terms need the reference's
+    pixels and block outputs token by token; everything else is reduced to per-channel statistics.
+
     Attributes:
         pixel_values: the stretched, normalised reference ``[R, 3, H', W']`` (R = 1 or the batch size).
-        features: the 12 CLIP block outputs without CLS, each ``[R, H'W'/32^2, hidden]``, fp32.
+        features: the 12 CLIP block outputs without CLS, each ``[R, H'W'/32^2, hidden]``, in the backbone's
+            dtype (the heads cast them to fp32, exactly as for a full call).
         naturalness: calibrated N_ref ``[R]``.
         naturalness_raw: raw u_ref ``[R]``.
         image_size: ``(H, W)`` of the reference before the stretch.
+        token_means, token_variances: 13 entries each, ``[R, 1, C_k]``: per-channel token mean and population
+            variance of the de-normalised RGB pixels (k = 0) and of ReLU(block k) (k = 1..12), as the fidelity
+            head computes them. Recomputed from ``pixel_values`` and ``features`` when absent.
     """
 
     pixel_values: Optional[torch.Tensor] = None
@@ -305,6 +404,27 @@ class AfineReferenceEncoding(ModelOutput):
     naturalness: Optional[torch.Tensor] = None
     naturalness_raw: Optional[torch.Tensor] = None
     image_size: Optional[tuple[int, int]] = None
+    token_means: Optional[tuple[torch.Tensor, ...]] = None
+    token_variances: Optional[tuple[torch.Tensor, ...]] = None
+
+
+#: Above this many tokens (distorted + reference, CLS included) the two images of a pair go through the
+#: backbone in two lockstep passes instead of one concatenated pass, which halves the largest temporaries
+#: (the MLP's tokens x 3072 activations). A 3840x2160 pair has 2 x 8161 tokens; 512x512 batches stay joint.
+_MAX_JOINT_TOKENS = 8192
+
+
+class _TokenStats:
+    """Per-layer token statistics of one image batch, filled one layer at a time (k = 0 is the RGB layer)."""
+
+    def __init__(self) -> None:
+        self.means: list[torch.Tensor] = []
+        self.variances: list[torch.Tensor] = []
+
+    def add(self, tokens: torch.Tensor) -> None:
+        mean, var = _token_mean_var(tokens)
+        self.means.append(mean)
+        self.variances.append(var)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -374,6 +494,9 @@ class AfineModel(AfinePreTrainedModel):
         super().__init__(config)
         self.vision_model = CLIPVisionModel(config.vision_config)
         self.vision_model.embeddings = AfineVisionEmbeddings(config.vision_config)
+        if config.vision_config.hidden_act == "quick_gelu":
+            for layer in self.vision_model.encoder.layers:
+                layer.mlp.activation_fn = _QuickGELU()
         self.natural_head = AfineNaturalnessHead(config)
         self.fidelity_head = AfineFidelityHead(config)
         self.natural_calibration = AfineNaturalnessCalibration(config)
@@ -409,10 +532,61 @@ class AfineModel(AfinePreTrainedModel):
         dtype = self._head_dtype()
         return tuple(h[:, 1:].to(dtype) for h in out.hidden_states[1:])
 
-    def _naturalness_from_features(self, pixels: torch.Tensor, features) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.autocast(device_type=pixels.device.type, enabled=False):
-            raw = self.natural_head(pixels.to(self._head_dtype()), list(features))
-            return self.natural_calibration(raw), raw
+    def _no_autocast(self, device: torch.device):
+        return torch.autocast(device_type=device.type, enabled=False)
+
+    def _block_outputs(self, pixel_values: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Yield the embeddings, then the CLIP blocks' outputs ``[B, 1 + N, hidden]`` (CLS first), one at a time.
+
+        The same computation as ``vision_model(..., output_hidden_states=True).hidden_states``, but only one
+        block's output is alive at a time, so the caller can reduce it before the next one exists. The first
+        ``next()`` runs the patch embedding and drops the pixels (without autograd), so callers can prime several
+        passes before running their blocks. Gradient checkpointing applies per block as in the stock encoder.
+        """
+        vision = self.vision_model
+        patch = self.config.vision_config.patch_size
+        tokens = pixel_values.shape[0] * (1 + (pixel_values.shape[-2] // patch) * (pixel_values.shape[-1] // patch))
+        trim = tokens >= _TRIM_TOKENS and pixel_values.device.type == "cpu"
+        if trim:  # the image-sized temporaries of the RGB statistics are gone by now
+            _release_free_heap()
+        hidden = vision.pre_layrnorm(vision.embeddings(pixel_values, interpolate_pos_encoding=True))
+        del pixel_values  # the caller no longer holds it: freed here unless autograd keeps it
+        yield hidden
+        for layer in vision.encoder.layers:
+            if trim:  # the caller has reduced and dropped the previous output by now
+                _release_free_heap()
+            hidden = layer(hidden, None)
+            yield hidden
+
+    def _num_tokens(self, size: tuple[int, int]) -> int:
+        """Tokens per image (CLS included) for a stretched ``size``; the patch conv drops any remainder."""
+        patch = self.config.vision_config.patch_size
+        return 1 + (size[0] // patch) * (size[1] // patch)
+
+    def _relu_tokens(self, hidden: torch.Tensor) -> torch.Tensor:
+        """ReLU of a block output without CLS, in the heads' dtype (the tokens both heads consume)."""
+        return F.relu(hidden[:, 1:].to(self._head_dtype()))
+
+    def _rgb_tokens(self, head: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+        return _pixel_tokens(pixels.to(self._head_dtype()), head.mean, head.std)
+
+    def _heads_share_rgb_tokens(self) -> bool:
+        n, f = self.natural_head, self.fidelity_head
+        return torch.equal(n.mean, f.mean) and torch.equal(n.std, f.std)
+
+    def _natural_rgb_stats(self, pixels: torch.Tensor, fidelity_stats: _TokenStats, shared: bool) -> _TokenStats:
+        """The naturalness head's RGB-layer statistics (those of the fidelity head when the buffers agree)."""
+        stats = _TokenStats()
+        if shared:
+            stats.means.append(fidelity_stats.means[0])
+            stats.variances.append(fidelity_stats.variances[0])
+        else:
+            stats.add(self._rgb_tokens(self.natural_head, pixels))
+        return stats
+
+    def _calibrated_naturalness(self, stats: _TokenStats) -> tuple[torch.Tensor, torch.Tensor]:
+        raw = self.natural_head.from_statistics(stats.means, stats.variances)
+        return self.natural_calibration(raw), raw
 
     def _prepare(self, pixel_values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return stretch_to_multiple(pixel_values, self.config.size_multiple, size=size)
@@ -424,18 +598,54 @@ class AfineModel(AfinePreTrainedModel):
         self._check_pixels(images, "images")
         size = target_size(*images.shape[-2:], self.config.size_multiple)
         pixels = self._prepare(images, size)
-        n, raw = self._naturalness_from_features(pixels, self.extract_features(pixels))
+        stats = _TokenStats()
+        with self._no_autocast(pixels.device):
+            stats.add(self._rgb_tokens(self.natural_head, pixels))
+        device = pixels.device
+        blocks = self._block_outputs(pixels)
+        del pixels  # the generator drops it after the patch embedding
+        next(blocks)  # the embeddings
+        for hidden in blocks:
+            with self._no_autocast(device):
+                stats.add(self._relu_tokens(hidden))
+            del hidden
+        with self._no_autocast(device):
+            n, raw = self._calibrated_naturalness(stats)
         return AfineNaturalnessOutput(naturalness=n, naturalness_raw=raw)
 
     def encode_reference(self, reference: torch.Tensor) -> AfineReferenceEncoding:
-        """Encode reference image(s) ``[R, 3, H, W]`` once; pass the result as ``reference_encoding``."""
+        """Encode reference image(s) ``[R, 3, H, W]`` once; pass the result as ``reference_encoding``.
+
+        Keeps the stretched pixels and the 12 block outputs (needed token by token for E[x*y]) plus the
+        reference's per-layer statistics and naturalness; nothing else.
+        """
         self._check_pixels(reference, "reference")
         image_size = tuple(int(s) for s in reference.shape[-2:])
         pixels = self._prepare(reference, target_size(*image_size, self.config.size_multiple))
-        features = self.extract_features(pixels)
-        n, raw = self._naturalness_from_features(pixels, features)
+        stats = _TokenStats()
+        with self._no_autocast(pixels.device):
+            stats.add(self._rgb_tokens(self.fidelity_head, pixels))
+            natural = self._natural_rgb_stats(pixels, stats, self._heads_share_rgb_tokens())
+        features = []
+        blocks = self._block_outputs(pixels)
+        next(blocks)  # the embeddings
+        for hidden in blocks:
+            features.append(hidden[:, 1:])
+            with self._no_autocast(pixels.device):
+                stats.add(self._relu_tokens(hidden))
+            natural.means.append(stats.means[-1])
+            natural.variances.append(stats.variances[-1])
+            del hidden
+        with self._no_autocast(pixels.device):
+            n, raw = self._calibrated_naturalness(natural)
         return AfineReferenceEncoding(
-            pixel_values=pixels, features=features, naturalness=n, naturalness_raw=raw, image_size=image_size
+            pixel_values=pixels,
+            features=tuple(features),
+            naturalness=n,
+            naturalness_raw=raw,
+            image_size=image_size,
+            token_means=tuple(stats.means),
+            token_variances=tuple(stats.variances),
         )
 
     def forward(
@@ -446,6 +656,9 @@ class AfineModel(AfinePreTrainedModel):
         return_dict: Optional[bool] = None,
     ) -> AfineOutput | tuple:
         """Score ``distorted`` against ``reference``. Lower is better for every output.
+
+        The backbone's block outputs are reduced to the statistics the heads consume as soon as each block has
+        run, so memory does not grow with the number of blocks (a 3840x2160 pair fits in well under 1.5 GB).
 
         Args:
             distorted: CLIP-normalised images ``[B, 3, H, W]`` (the image under test).
@@ -463,6 +676,8 @@ class AfineModel(AfinePreTrainedModel):
         batch = distorted.shape[0]
         image_size = tuple(int(s) for s in distorted.shape[-2:])
         size = target_size(*image_size, self.config.size_multiple)
+        device = distorted.device
+        no_autocast = self._no_autocast(device)
 
         if reference is not None:
             self._check_pixels(reference, "reference")
@@ -475,17 +690,6 @@ class AfineModel(AfinePreTrainedModel):
                 )
             if reference.shape[0] not in (1, batch):
                 raise ValueError(f"reference batch must be 1 or {batch}, got {reference.shape[0]}")
-            dis_pixels = self._prepare(distorted, size)
-            ref_pixels = self._prepare(reference, size)
-            if reference.shape[0] == batch:
-                # One backbone pass over distorted and reference together.
-                feats = self.extract_features(torch.cat([dis_pixels, ref_pixels.to(dis_pixels.dtype)], dim=0))
-                dis_feats = tuple(f[:batch] for f in feats)
-                ref_feats = tuple(f[batch:] for f in feats)
-            else:
-                dis_feats = self.extract_features(dis_pixels)
-                ref_feats = self.extract_features(ref_pixels)
-            natural_ref, natural_ref_raw = self._naturalness_from_features(ref_pixels, ref_feats)
         else:
             enc = reference_encoding
             if enc.image_size is not None and tuple(enc.image_size) != image_size:
@@ -495,15 +699,78 @@ class AfineModel(AfinePreTrainedModel):
                 )
             if enc.pixel_values.shape[0] not in (1, batch):
                 raise ValueError(f"reference encoding batch must be 1 or {batch}, got {enc.pixel_values.shape[0]}")
-            dis_pixels = self._prepare(distorted, size)
-            dis_feats = self.extract_features(dis_pixels)
-            ref_pixels, ref_feats = enc.pixel_values, enc.features
-            natural_ref, natural_ref_raw = enc.naturalness, enc.naturalness_raw
 
-        natural_dis, natural_dis_raw = self._naturalness_from_features(dis_pixels, dis_feats)
-        with torch.autocast(device_type=distorted.device.type, enabled=False):
-            hd = self._head_dtype()
-            fidelity_raw = self.fidelity_head(dis_pixels.to(hd), ref_pixels.to(hd), list(dis_feats), list(ref_feats))
+        dis_stats, ref_stats, cross = _TokenStats(), _TokenStats(), []
+        shared = self._heads_share_rgb_tokens()
+        joint = reference is not None and reference.shape[0] == batch
+        joint = joint and 2 * batch * self._num_tokens(size) <= _MAX_JOINT_TOKENS
+        # Layer k = 0 (the RGB pixels) first, then the patch embeddings. Big inputs take one image batch at a
+        # time and start its backbone pass at once, so at most one stretched input and one token copy coexist.
+        dis_pixels = self._prepare(distorted, size)
+        with no_autocast:
+            x = self._rgb_tokens(self.fidelity_head, dis_pixels)
+            dis_stats.add(x)
+            dis_natural = self._natural_rgb_stats(dis_pixels, dis_stats, shared)
+        dis_blocks = ref_blocks = None
+        if not joint:
+            # Big inputs or a broadcast reference: separate passes in lockstep, half the transient memory of one.
+            dis_blocks = self._block_outputs(dis_pixels)
+            del dis_pixels
+            next(dis_blocks)  # the patch embedding; the stretched input is dropped
+        ref_pixels = self._prepare(reference, size) if reference is not None else enc.pixel_values
+        with no_autocast:
+            y = self._rgb_tokens(self.fidelity_head, ref_pixels)
+            cross.append(_cross_mean(x, y, overwrite_x=True))
+            del x
+            if reference is not None:
+                ref_stats.add(y)
+            del y
+            ref_natural = self._natural_rgb_stats(ref_pixels, ref_stats, shared) if reference is not None else None
+        if joint:
+            # Small inputs: one backbone pass over distorted and reference together.
+            dis_blocks = self._block_outputs(torch.cat([dis_pixels, ref_pixels.to(dis_pixels.dtype)], dim=0))
+            del dis_pixels, ref_pixels
+            next(dis_blocks)
+        elif reference is not None:
+            ref_blocks = self._block_outputs(ref_pixels)
+            del ref_pixels
+            next(ref_blocks)
+        else:
+            del ref_pixels  # the encoding keeps it
+
+        # Blocks 1..12, reduced to statistics as they come; at most one block output per pass is alive.
+        # (Plain next() calls: zip/enumerate would keep the previous outputs referenced one block longer.)
+        for k in range(self.config.num_feature_layers):
+            x_hidden = next(dis_blocks)
+            if joint:
+                x_hidden, y_hidden = x_hidden[:batch], x_hidden[batch:]
+            else:
+                y_hidden = next(ref_blocks) if ref_blocks is not None else None
+            with no_autocast:
+                x = self._relu_tokens(x_hidden)
+                dis_stats.add(x)
+                if y_hidden is None:  # the reference encoding holds the block outputs and their statistics
+                    y = F.relu(enc.features[k].to(self._head_dtype()))
+                else:
+                    y = self._relu_tokens(y_hidden)
+                    ref_stats.add(y)
+                cross.append(_cross_mean(x, y, overwrite_x=True))
+            del x, y, x_hidden, y_hidden
+        del dis_blocks, ref_blocks
+
+        with no_autocast:
+            for stats, natural in ((dis_stats, dis_natural), (ref_stats, ref_natural)):
+                if natural is not None:
+                    natural.means += stats.means[1:]
+                    natural.variances += stats.variances[1:]
+            natural_dis, natural_dis_raw = self._calibrated_naturalness(dis_natural)
+            if reference is not None:
+                natural_ref, natural_ref_raw = self._calibrated_naturalness(ref_natural)
+                y_means, y_vars = ref_stats.means, ref_stats.variances
+            else:
+                natural_ref, natural_ref_raw = enc.naturalness, enc.naturalness_raw
+                y_means, y_vars = self._encoding_statistics(enc)
+            fidelity_raw = self.fidelity_head.from_statistics(dis_stats.means, dis_stats.variances, y_means, y_vars, cross)
             fidelity = self.fidelity_calibration(fidelity_raw)
             natural_ref = natural_ref.expand(batch)
             natural_ref_raw = natural_ref_raw.expand(batch)
@@ -523,6 +790,16 @@ class AfineModel(AfinePreTrainedModel):
             adaptive_weight=weight,
         )
         return out if return_dict else out.to_tuple()
+
+    def _encoding_statistics(self, enc: AfineReferenceEncoding) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The reference's per-layer means and variances, from the encoding or recomputed from its tensors."""
+        if enc.token_means is not None and enc.token_variances is not None:
+            return list(enc.token_means), list(enc.token_variances)
+        stats = _TokenStats()
+        stats.add(self._rgb_tokens(self.fidelity_head, enc.pixel_values))
+        for feat in enc.features:
+            stats.add(F.relu(feat.to(self._head_dtype())))
+        return stats.means, stats.variances
 
     def scale_score(self, score_raw: torch.Tensor) -> torch.Tensor:
         """Map A to 0–100: high * sigmoid((A - eta3) / (|eta4| + eps)) + low (official ``scale_finalscore``).
