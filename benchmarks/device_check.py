@@ -126,7 +126,7 @@ def check_enhancer(device: torch.device, tmp: Path) -> dict:
     pipe = EnhancerPipeline(**build_tiny_components(tmp, seed=0)).to(device, dtype)
     img = random_image((96, 136), seed=1)
     res = pipe(
-        img,
+        image=img,
         num_inference_steps=4,
         init_latent_from_noise=False,
         added_noise_level=900,

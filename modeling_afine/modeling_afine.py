@@ -22,6 +22,7 @@ from transformers.models.clip.modeling_clip import CLIPVisionEmbeddings
 from transformers.utils import ModelOutput
 
 from .configuration_afine import AfineConfig
+from .image_io import format_size
 
 # transformers >= 5 initialisers: they skip tensors already loaded from a checkpoint.
 from transformers import initialization as _init
@@ -684,8 +685,8 @@ class AfineModel(AfinePreTrainedModel):
             ref_size = tuple(int(s) for s in reference.shape[-2:])
             if ref_size != image_size:
                 raise ValueError(
-                    f"distorted images are {image_size[0]}x{image_size[1]} but the reference is "
-                    f"{ref_size[0]}x{ref_size[1]}; A-FINE compares images of the same size "
+                    f"distorted images are {format_size(image_size[1], image_size[0])} but the reference is "
+                    f"{format_size(ref_size[1], ref_size[0])}; A-FINE compares images of the same size "
                     "(AfineImageProcessor(resize_reference=True) stretches the reference to the distorted size)"
                 )
             if reference.shape[0] not in (1, batch):
@@ -694,8 +695,8 @@ class AfineModel(AfinePreTrainedModel):
             enc = reference_encoding
             if enc.image_size is not None and tuple(enc.image_size) != image_size:
                 raise ValueError(
-                    f"distorted images are {image_size[0]}x{image_size[1]} but the reference encoding was made "
-                    f"from a {enc.image_size[0]}x{enc.image_size[1]} image"
+                    f"distorted images are {format_size(image_size[1], image_size[0])} but the reference encoding "
+                    f"was made from a {format_size(enc.image_size[1], enc.image_size[0])} image"
                 )
             if enc.pixel_values.shape[0] not in (1, batch):
                 raise ValueError(f"reference encoding batch must be 1 or {batch}, got {enc.pixel_values.shape[0]}")
