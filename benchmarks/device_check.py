@@ -30,28 +30,15 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from bench_big_image import build_model  # noqa: E402
-from bench_scoring import backbone_gemms, gemm_floor, official_style, run_subprocess_json, tokens_for  # noqa: E402
+from bench_scoring import backbone_gemms, gemm_floor, official_style, run_subprocess_json, timed, tokens_for  # noqa: E402
 
 FIELDS = ("score", "score_raw", "fidelity", "naturalness_distorted", "naturalness_reference")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed(fn, device: torch.device, repeats: int) -> float:
     """Median seconds of ``fn`` after one warm-up call, with device synchronisation around each call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
+    return timed(fn, repeats, device)[0]
 
 
 def check_afine(device: torch.device, tiny: bool) -> dict:
