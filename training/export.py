@@ -15,10 +15,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-__all__ = ["save_model_folder", "write_model_card", "CODE_FILES"]
-
-#: The code files that ``auto_map`` points to.
-CODE_FILES = ("configuration_afine.py", "modeling_afine.py", "image_processing_afine.py")
+__all__ = ["save_model_folder", "write_model_card"]
 
 
 def save_model_folder(model, output_dir, *, state_dict: Optional[Mapping[str, Any]] = None) -> Path:

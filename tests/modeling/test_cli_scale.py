@@ -21,6 +21,7 @@ from modeling_afine import sharding
 from modeling_afine.scoring import AfineScorer, DeviceNotAvailableError, ModelNotAvailableError, resolve_device
 
 from .conftest import degrade
+from .test_scorer_cli import run_inproc
 
 REPO = Path(__file__).resolve().parents[2]
 FIELDS = ("score", "score_raw", "fidelity", "naturalness_distorted", "naturalness_reference")
@@ -52,17 +53,6 @@ def folder(tmp_path_factory, photos):
 def _python(code: str, env_extra: dict | None = None, cwd=REPO, timeout=120) -> subprocess.CompletedProcess:
     env = dict(os.environ, **(env_extra or {}))
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
-
-
-def run_inproc(capsys, *args):
-    from modeling_afine.cli import main
-
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exc:  # argparse usage errors
-        code = exc.code
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
 def _lines(path) -> list[dict]:

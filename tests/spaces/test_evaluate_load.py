@@ -45,19 +45,13 @@ def _check(out, expected):
 
 
 @pytest.mark.slow
-def test_load_afine_from_spaces_folder(tiny_model_dir, case, tmp_path):
+@pytest.mark.parametrize(
+    "name, where", [("afine", "spaces"), ("spaces/afine", "repo root")], ids=["afine-from-spaces", "spaces/afine-from-root"]
+)
+def test_literal_evaluate_load(name, where, tiny_model_dir, case, tmp_path):
     dis, ref, expected = case
     env = subprocess_env(HF_MODULES_CACHE=str(tmp_path / "modules"))
-    out, err = _load_in_child("afine", SPACES, env, tiny_model_dir, dis, ref)
-    assert out is not None, err
-    _check(out, expected)
-
-
-@pytest.mark.slow
-def test_load_spaces_afine_from_repo_root(tiny_model_dir, case, tmp_path):
-    dis, ref, expected = case
-    env = subprocess_env(HF_MODULES_CACHE=str(tmp_path / "modules"))
-    out, err = _load_in_child("spaces/afine", ROOT, env, tiny_model_dir, dis, ref)
+    out, err = _load_in_child(name, SPACES if where == "spaces" else ROOT, env, tiny_model_dir, dis, ref)
     assert out is not None, err
     _check(out, expected)
 

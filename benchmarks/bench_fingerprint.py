@@ -1,9 +1,9 @@
 """Cost of the folder fingerprint on a DiffIQA-sized tree (not a test; run by hand).
 
-    python tests/datasets/bench_fingerprint.py generate /tmp/fp_tree       # 537,624 label + 209,076 image files
-    strace -f -c -e trace=%stat,getdents64 python tests/datasets/bench_fingerprint.py old /tmp/fp_tree
-    strace -f -c -e trace=%stat,getdents64 python tests/datasets/bench_fingerprint.py new /tmp/fp_tree
-    python tests/datasets/bench_fingerprint.py compare /tmp/fp_tree        # stat calls counted in Python + time
+    python benchmarks/bench_fingerprint.py generate /tmp/fp_tree       # 537,624 label + 209,076 image files
+    strace -f -c -e trace=%stat,getdents64 python benchmarks/bench_fingerprint.py old /tmp/fp_tree
+    strace -f -c -e trace=%stat,getdents64 python benchmarks/bench_fingerprint.py new /tmp/fp_tree
+    python benchmarks/bench_fingerprint.py compare /tmp/fp_tree        # stat calls counted in Python + time
     rm -rf /tmp/fp_tree
 
 The files are empty (the fingerprint never reads them); names follow the official layout
@@ -19,6 +19,8 @@ import os
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, when not installed
 
 N_REFS = 29_868  # DiffIQA references; x 6 variants x 3 annotators = 537,624 label files
 VARIANTS = [f"{v:02d}" for v in range(1, 7)]
