@@ -8,15 +8,17 @@ Rows (full-size ViT-B/32, random weights unless ``--model DIR``; one reference, 
                   all 12 block outputs kept and then reduced by the heads (how QuickInference/afine.py scores)
   ours fp32       the shared reference encoded once (``encode_reference``), distorted images batched, fp32
   ours bf16       the same with the backbone in bf16 (heads fp32, as ``load_afine(dtype="bfloat16")``)
-  GEMM floor      the backbone's FLOPs (projections, MLP, attention products, patch embedding) at the rate
-                  ``torch.matmul`` reaches on the model's own projection shapes (tokens x 768 by 768 x 2304,
-                  768 x 3072, ...), fp32 and bf16, timed on this machine in this run: a lower bound for the model
+  GEMM floor      the backbone's FLOPs (projections, MLP, attention products, patch embedding) at the best rate
+                  a GEMM reaches on the model's own projection shapes (tokens x 768 by 768 x 768, 768 x 3072, ...;
+                  ``torch.matmul`` and ``F.linear`` layouts, the faster counts), fp32 and bf16, timed on this
+                  machine in this run: a lower bound for the model (softmax, layer norms and activations are free)
   4K pair         one 3840x2160 pair in a fresh subprocess (``bench_big_image.py``): time, peak RSS, vs its floor
   afine --help    the CLI's start-up, in a subprocess
 
 "speed-up" is baseline time / row time; "of floor" is floor time / row time (1.00 = at the GEMM floor).
-Timings are medians of ``--repeats``; the GEMM rate is the best of its repeats. Run on a quiet machine: time is
-meaningless when other jobs share the cores (peak RSS is not).
+The 512x512 rows and both floors are timed in ``--repeats`` interleaved rounds and reported as medians (within a
+round each GEMM shape is the best of 5 runs). Run on a quiet machine: time is meaningless when other jobs share
+the cores (peak RSS is not).
 """
 
 from __future__ import annotations
@@ -138,8 +140,25 @@ def gemm_flops(gemms) -> float:
     return sum(g[0] * _flops(g[1], g[2]) for g in gemms)
 
 
+def _best_seconds(fn, repeats: int, device: torch.device) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 def gemm_rate(gemms, dtype: torch.dtype, device: torch.device, repeats: int = 3) -> float:
-    """FLOP/s of ``torch.matmul`` in ``dtype`` on the workload's projection shapes (best of ``repeats`` each)."""
+    """FLOP/s of the best GEMM in ``dtype`` on the workload's projection shapes.
+
+    Each shape is timed both as ``torch.matmul(a, b)`` with ``b`` stored ``[in, out]`` and as ``F.linear`` with
+    the weight stored ``[out, in]`` (the model's layout), best of at least 5 runs each, and the faster counts:
+    a floor should not be slower than what the model itself reaches.
+    """
     flops = seconds = 0.0
     timed_shapes: dict[tuple, float] = {}
     for count, a_shape, b_shape, kind in gemms:
@@ -149,16 +168,13 @@ def gemm_rate(gemms, dtype: torch.dtype, device: torch.device, repeats: int = 3)
         if key not in timed_shapes:
             a = torch.randn(a_shape, device=device).to(dtype)
             b = torch.randn(b_shape, device=device).to(dtype)
-            torch.matmul(a, b)
-            best = float("inf")
-            for _ in range(max(1, repeats)):
-                _sync(device)
-                t = time.perf_counter()
-                torch.matmul(a, b)
-                _sync(device)
-                best = min(best, time.perf_counter() - t)
-            timed_shapes[key] = best
-            del a, b
+            weight = b.t().contiguous()
+            runs = max(5, repeats)
+            timed_shapes[key] = min(
+                _best_seconds(lambda: torch.matmul(a, b), runs, device),
+                _best_seconds(lambda: torch.nn.functional.linear(a, weight), runs, device),
+            )
+            del a, b, weight
         flops += count * _flops(a_shape, b_shape)
         seconds += count * timed_shapes[key]
     return flops / seconds
@@ -248,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--n", type=int, default=10, help="distorted images scored against one reference")
     ap.add_argument("--size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))
     ap.add_argument("--batch", type=int, default=10, help="batch size of our rows")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds (medians are reported)")
     ap.add_argument("--big-size", type=int, nargs=2, default=(2160, 3840), metavar=("H", "W"), help="the big pair")
     ap.add_argument("--skip-big", action="store_true", help="skip the 4K pair subprocesses")
     ap.add_argument("--big-before", action="store_true", help="also run the 4K pair through the pre-streaming path")
@@ -275,19 +291,36 @@ def main(argv: list[str] | None = None) -> dict:
     ref = torch.randn(1, 3, h, w, generator=g)
     tokens = tokens_for(args.size, vc.patch_size)
 
-    rows: dict[str, dict] = {}
-    with torch.inference_mode():
-        t_base, s_base = timed(lambda: official_style(model, dis, ref), args.repeats, device)
-        t32, s32 = timed(lambda: with_reuse(model, dis, ref, args.batch), args.repeats, device)
-        t16, s16 = timed(lambda: with_reuse(model_bf16, dis, ref, args.batch), args.repeats, device)
     # Floor of the reuse workload: the distorted batches plus one reference pass.
     gemms = []
     for i in range(0, args.n, args.batch):
         gemms += backbone_gemms(vc, tokens, min(args.batch, args.n - i))
     gemms += backbone_gemms(vc, tokens, 1)
-    floor32 = gemm_floor(gemms, torch.float32, device, args.repeats)
-    floor16 = gemm_floor(gemms, torch.bfloat16, device, args.repeats)
     flops = gemm_flops(gemms)
+    runs = {
+        "baseline": lambda: official_style(model, dis, ref),
+        "fp32": lambda: with_reuse(model, dis, ref, args.batch),
+        "bf16": lambda: with_reuse(model_bf16, dis, ref, args.batch),
+        "floor fp32": lambda: gemm_floor(gemms, torch.float32, device, 1),
+        "floor bf16": lambda: gemm_floor(gemms, torch.bfloat16, device, 1),
+    }
+    # Interleaved rounds (each row once per round, medians over rounds): a machine that speeds up or slows
+    # down during the run moves every row, so the ratios stay meaningful.
+    rows: dict[str, dict] = {}
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    with torch.inference_mode():
+        s_base, s32, s16 = runs["baseline"](), runs["fp32"](), runs["bf16"]()  # warm-up and the values
+        for _ in range(args.repeats):
+            for name, fn in runs.items():
+                if name.startswith("floor"):
+                    samples[name].append(fn())
+                else:
+                    _sync(device)
+                    start = time.perf_counter()
+                    fn()
+                    _sync(device)
+                    samples[name].append(time.perf_counter() - start)
+    t_base, t32, t16, floor32, floor16 = (statistics.median(samples[name]) for name in runs)
     rows["baseline fp32"] = {"seconds": t_base, "speedup": 1.0}
     rows["ours fp32 (reuse)"] = {
         "seconds": t32, "speedup": t_base / t32, "of_floor": floor32 / t32, "max_abs_dscore_vs_baseline": float((s32 - s_base).abs().max()),

@@ -40,6 +40,7 @@ __all__ = [
     "read_records",
     "write_records",
     "ProcessGroup",
+    "launched_with_rendezvous",
 ]
 
 
@@ -133,7 +134,8 @@ def read_records(
 
 
 def write_records(output: str | os.PathLike, records: Iterable[dict[str, Any]], *, remove_parts: bool = True) -> int:
-    """Write ``records`` as JSON lines to ``output`` atomically (temp file + rename); then drop the parts."""
+    """Write ``records`` as JSON lines to ``output`` atomically and durably (temp file, fsync, rename, fsync of
+    the folder); then drop the parts."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=output.name + ".", suffix=".tmp", dir=output.parent)
@@ -143,7 +145,10 @@ def write_records(output: str | os.PathLike, records: Iterable[dict[str, Any]], 
             for rec in records:
                 fh.write(json.dumps(rec) + "\n")
                 count += 1
+            fh.flush()
+            os.fsync(fh.fileno())  # on disk before the rename and before the parts are removed
         os.replace(tmp, output)
+        _fsync_dir(output.parent)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -151,6 +156,29 @@ def write_records(output: str | os.PathLike, records: Iterable[dict[str, Any]], 
     if remove_parts and parts_dir(output).is_dir():
         shutil.rmtree(parts_dir(output), ignore_errors=True)
     return count
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (skipped where folders cannot be opened or synced)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def launched_with_rendezvous() -> bool:
+    """True when a launcher (``accelerate launch``, ``torchrun``) set up a rendezvous for a process group.
+
+    ``WORLD_SIZE``/``RANK`` alone (set by hand, or by a job array) only split the work; without
+    ``MASTER_ADDR`` there is nobody to wait for, so no barrier and no merge at the end.
+    """
+    return current_world().distributed and bool(os.environ.get("MASTER_ADDR"))
 
 
 class ProcessGroup:

@@ -105,8 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-steps", type=_positive_int, default=20, help="smallest random step count (default 20)")
     p.add_argument("--max-steps", type=_positive_int, default=1000, help="largest random step count (default 1000)")
     p.add_argument("--process-size", type=int, default=512)
-    p.add_argument("--shard-index", type=int, default=None, help="this worker (default: accelerate process index)")
-    p.add_argument("--num-shards", type=int, default=None, help="number of workers (default: accelerate processes)")
+    p.add_argument("--shard-index", type=int, default=None,
+                   help="this worker when started by hand (default: the launcher's RANK); hand-started workers "
+                        "leave their records in OUTPUT/manifest.jsonl.parts/ until a single-process run merges them")
+    p.add_argument("--num-shards", type=int, default=None, help="number of workers (default: the launcher's WORLD_SIZE)")
     p.add_argument("--max-outputs", type=int, default=None, help="stop after this many new outputs")
     p.add_argument("--no-progress", action="store_true")
 
@@ -266,8 +268,19 @@ def _cmd_generate(args) -> int:
         process_size=args.process_size or None, steps_range=(args.min_steps, args.max_steps),
     )
     pipe = _load_pipeline(args, default_device=device)
-    report = generate_diffiqa(pipe, refs, args.output, settings, rank=rank, world=world,
-                              progress=not args.no_progress, max_outputs=args.max_outputs)
+    group = None
+    if world > 1 and args.shard_index is None and args.num_shards is None:
+        from modeling_afine.sharding import ProcessGroup, current_world, launched_with_rendezvous
+
+        if launched_with_rendezvous():  # accelerate launch / torchrun: wait for all, then rank 0 merges
+            group = ProcessGroup(current_world(), cpu=str(pipe._execution_device).startswith("cpu"))
+    try:
+        report = generate_diffiqa(pipe, refs, args.output, settings, rank=rank, world=world,
+                                  progress=not args.no_progress, max_outputs=args.max_outputs,
+                                  barrier=group.barrier if group is not None else None)
+    finally:
+        if group is not None:
+            group.close()
     print(f"worker {rank}/{world}: {report.written} written, {report.skipped} already present, "
           f"{len(report.failed)} failed, {report.references} references")
     for file, msg in report.failed:

@@ -5,8 +5,8 @@ Layout written under ``out`` (point ``out`` at ``<dataset>/images`` for the Diff
 
     out/Original/{name}.png          the reference (copied; converted to PNG if it was not one)
     out/{01..06}/{name}_{NN}.png     the enhanced variants
-    out/manifest.jsonl               one JSON record per finished output (per worker when sharded:
-                                     manifest.{rank}-of-{world}.jsonl)
+    out/manifest.jsonl               one JSON record per finished output, in input order once merged
+    out/manifest.jsonl.parts/        while sharded: each worker's records, rank-RRRRR-of-WWWWW.jsonl
 
 Each variant's choices come from ``random.Random`` seeded by ``(seed, name, variant)``, so they do
 not depend on the order, the sharding or on resuming, and they are recorded in the manifest:
@@ -19,8 +19,16 @@ not depend on the order, the sharding or on resuming, and they are recorded in t
 
 Outputs are written durably (temporary file, fsync, atomic rename, fsync of the folder) before their
 manifest record is written and fsync-ed, and skipped when they exist, so a killed run (or a power
-loss) resumes where it stopped; a manifest line torn by a power loss is repaired before appending. References are split between workers by their position in the sorted
-list (``rank::world``), so workers never write the same file.
+loss) resumes where it stopped; a manifest line torn by a power loss is repaired before appending.
+
+Sharding follows the project's convention (``modeling_afine.sharding``, as ``afine score`` and the benchmark
+evaluation): worker ``r`` of ``W`` takes the references ``i % W == r`` of the sorted list, so workers never write
+the same file, and appends its records to its own part file. Every worker reads ``manifest.jsonl`` and all part
+files on start (whatever world size wrote them), so a job resumes after a change of world size. At the end, a
+single process, or rank 0 after a barrier when a launcher set up a process group (``accelerate launch``,
+``torchrun``), merges every record into ``manifest.jsonl`` in input order (reference, then variant) and removes
+the parts. Workers started by hand (``--shard-index/--num-shards``, a job array) leave their parts; the next
+single-process run over the same folder (it finds nothing left to generate) merges them.
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from modeling_afine.sharding import World, part_files, part_path, shard_indices, write_records
+
 from .degradations import WeakDegradation
 from .durable import JsonlLog, copy_file_durable, read_jsonl, save_png_durable
 
@@ -52,7 +62,10 @@ __all__ = [
     "variant_path",
     "generate_diffiqa",
     "read_manifest",
+    "merge_manifest",
 ]
+
+MANIFEST = "manifest.jsonl"
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -130,10 +143,10 @@ def list_references(folder: str | os.PathLike) -> list[Path]:
 
 
 def shard_references(references: Sequence[Path], rank: int, world: int) -> list[Path]:
-    """The references of worker ``rank`` out of ``world`` (every ``world``-th, starting at ``rank``)."""
+    """The references of worker ``rank`` out of ``world``: those at positions ``i % world == rank``."""
     if not 0 <= rank < world:
         raise ValueError(f"shard index {rank} not in [0, {world})")
-    return list(references[rank::world])
+    return [references[i] for i in shard_indices(len(references), World(rank=rank, size=world))]
 
 
 def variant_path(out: Path, name: str, variant: int) -> Path:
@@ -142,18 +155,45 @@ def variant_path(out: Path, name: str, variant: int) -> Path:
 
 
 def _manifest_path(out: Path, rank: int, world: int) -> Path:
-    return out / ("manifest.jsonl" if world == 1 else f"manifest.{rank}-of-{world}.jsonl")
+    """Where this worker appends its records: ``manifest.jsonl`` alone, else its part file."""
+    manifest = out / MANIFEST
+    return manifest if world == 1 else part_path(manifest, World(rank=rank, size=world))
+
+
+def _legacy_worker_manifests(out: Path) -> list[Path]:
+    # Per-worker files written by earlier versions (manifest.{rank}-of-{world}.jsonl): still read and merged.
+    return sorted(out.glob("manifest.*-of-*.jsonl"))
 
 
 def read_manifest(out: str | os.PathLike) -> dict[str, dict]:
-    """All manifest records under ``out`` (every worker's file), keyed by output file (relative path);
-    the last record of a file wins. Unreadable lines (a line torn by a crash) are skipped."""
+    """All manifest records under ``out`` (``manifest.jsonl`` and every worker's part), keyed by output file
+    (relative path); the last record of a file wins. Unreadable lines (a line torn by a crash) are skipped."""
+    out = Path(out)
     records: dict[str, dict] = {}
-    for path in sorted(Path(out).glob("manifest*.jsonl")):
+    for path in [out / MANIFEST, *part_files(out / MANIFEST), *_legacy_worker_manifests(out)]:
+        if not path.is_file():
+            continue
         for rec in read_jsonl(path):
             if "file" in rec:
                 records[rec["file"]] = rec
     return records
+
+
+def merge_manifest(out: str | os.PathLike, order: Sequence[str] = ()) -> int:
+    """Merge every worker's records into ``out/manifest.jsonl`` (one per output file) and remove the parts.
+
+    Records are written in ``order`` (relative output paths, e.g. reference then variant), then any others in
+    the order first seen. The file is replaced atomically and durably; part files go only after that.
+    Returns the number of records.
+    """
+    out = Path(out)
+    records = read_manifest(out)
+    position = {name: i for i, name in enumerate(order)}
+    merged = sorted(records.values(), key=lambda rec: position.get(rec["file"], len(position)))
+    count = write_records(out / MANIFEST, merged)
+    for legacy in _legacy_worker_manifests(out):
+        legacy.unlink()
+    return count
 
 
 def _copy_reference(src: Path, image: Image.Image, dst: Path) -> None:
@@ -198,6 +238,7 @@ def generate_diffiqa(
     load_image: Callable[[Path], Image.Image] | None = None,
     progress: bool = True,
     max_outputs: int | None = None,
+    barrier: Callable[[], None] | None = None,
 ) -> GenerationReport:
     """Generate this worker's share of the dataset; see the module docstring.
 
@@ -205,10 +246,12 @@ def generate_diffiqa(
         pipe: an :class:`~pipelines.EnhancerPipeline` (any device/dtype).
         references: reference image files (all workers must pass the same list).
         out: output folder.
-        rank, world: this worker's shard.
+        rank, world: this worker's shard (references ``i % world == rank`` of the sorted list).
         load_image: reader returning an RGB PIL image (default: the project's
             ``modeling_afine.image_io.load_image``).
         max_outputs: stop after writing this many variants (for tests / time-boxed jobs).
+        barrier: with ``world > 1``, waits for every worker (a process group's barrier); rank 0 then merges the
+            manifest. Without it sharded workers leave their part files for a later single-process run.
     """
     from tqdm.auto import tqdm
 
@@ -219,7 +262,8 @@ def generate_diffiqa(
         load_image = _load
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    refs = shard_references(sorted(Path(r) for r in references), rank, world)
+    all_refs = sorted(Path(r) for r in references)
+    refs = shard_references(all_refs, rank, world)
     names = [r.stem for r in refs]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
@@ -246,6 +290,8 @@ def generate_diffiqa(
     bar = tqdm(total=len(refs) * settings.num_variants, desc=f"DiffIQA worker {rank}/{world}", disable=not progress, unit="img")
     try:
         for ref in refs:
+            if report.interrupted:
+                break
             name = ref.stem
             todo = []
             for v in range(1, settings.num_variants + 1):
@@ -276,7 +322,7 @@ def generate_diffiqa(
             for v in todo:
                 if max_outputs is not None and report.written >= max_outputs:
                     report.interrupted = True
-                    return report
+                    break
                 path = variant_path(out, name, v)
                 choice = sample_variant(name, v, settings)
                 start = time.perf_counter()
@@ -315,6 +361,11 @@ def generate_diffiqa(
     finally:
         bar.close()
         manifest.close()
+    if world > 1 and barrier is not None:
+        barrier()  # every worker has written its part
+    if rank == 0 and (world == 1 or barrier is not None):
+        order = [variant_path(Path(), r.stem, v).as_posix() for r in all_refs for v in range(1, settings.num_variants + 1)]
+        merge_manifest(out, order)
     return report
 
 

@@ -22,9 +22,10 @@ The score compared is ``--score-field`` (default ``score_raw``, the unscaled A u
 evaluation; ``naturalness_distorted_raw`` is the stage-1 criterion and ``fidelity_raw`` the stage-2 one;
 ``score`` is the 0-100 output, a monotonic map of A, so its 2AFC accuracy equals that of A up to saturation).
 
-Several processes (``accelerate launch -m training.evaluate ...`` or ``torchrun``) share the scoring: process r of
-W scores the missing pairs i with ``i % W == r`` into ``<cache>.part{r}-of-{W}``; the main process merges the
-parts into the cache in input order and reports. An interrupted sharded run resumes with any number of processes.
+Several processes (``accelerate launch -m training.evaluate ...`` or ``torchrun``) share the scoring with the
+project's sharding convention (``modeling_afine.sharding``): process r of W scores the missing pairs i with
+``i % W == r`` into ``<cache>.parts/rank-r-of-W.jsonl``; the main process merges the parts into the cache in input
+order and reports. An interrupted sharded run resumes with any number of processes.
 
 Exit codes: 0 ok, 1 failure (missing data, unreadable images, model not found), 2 usage error.
 """
@@ -32,6 +33,7 @@ Exit codes: 0 ok, 1 failure (missing data, unreadable images, model not found), 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -183,9 +185,12 @@ def score_pairs(scorer, pairs: Iterable[tuple[ImageRef, ImageRef]], cache: Score
 
 
 def part_files(cache_path) -> list[Path]:
-    """The per-process part files next to a cache (``<cache>.part{rank}-of-{world}``), any world size."""
+    """The per-process part files of a cache (``<cache>.parts/rank-r-of-W.jsonl``), any world size; also the
+    ``<cache>.part{r}-of-{W}`` files that earlier versions wrote next to it."""
+    from modeling_afine.sharding import part_files as shard_parts
+
     cache_path = Path(cache_path)
-    return sorted(cache_path.parent.glob(cache_path.name + ".part*-of-*"))
+    return shard_parts(cache_path) + sorted(cache_path.parent.glob(cache_path.name + ".part*-of-*"))
 
 
 def merge_part_files(cache_path, model_id: str, pairs: Sequence[tuple[ImageRef, ImageRef]] = ()) -> int:
@@ -206,6 +211,10 @@ def merge_part_files(cache_path, model_id: str, pairs: Sequence[tuple[ImageRef, 
     store.add([(d, r, rows[(d, r)]) for d, r in order])
     for f in parts:
         f.unlink()
+    from modeling_afine.sharding import parts_dir
+
+    with contextlib.suppress(OSError):
+        parts_dir(cache_path).rmdir()  # only when empty
     return len(order)
 
 
@@ -229,8 +238,11 @@ def score_pairs_sharded(scorer, pairs: Iterable[tuple[ImageRef, ImageRef]], cach
         if key not in store and key not in seen:
             seen.add(key)
             todo.append((dis, ref))
-    part = ScoreCache(f"{cache_path}.part{rank}-of-{world}", model_id)
-    score_pairs(scorer, todo[rank::world], part, **kwargs)
+    from modeling_afine.sharding import World, part_path, shard_indices
+
+    shard = World(rank=rank, size=world)
+    part = ScoreCache(part_path(cache_path, shard), model_id)
+    score_pairs(scorer, [todo[i] for i in shard_indices(len(todo), shard)], part, **kwargs)
     barrier()
     if rank == 0:
         merge_part_files(cache_path, model_id, pairs)

@@ -93,8 +93,9 @@ def test_generate_diffiqa_sharded_and_resumed(tiny_pipe_dir, tmp_path):
     assert main(base + ["--num-shards", "2", "--shard-index", "0"]) == 0
     assert main(base + ["--num-shards", "2", "--shard-index", "1"]) == 0
     assert len(list(out.glob("0[12]/*.png"))) == 6 and len(list(out.glob("Original/*.png"))) == 3
-    recs = [json.loads(line) for f in out.glob("manifest*.jsonl") for line in f.read_text().splitlines()]
-    assert sorted(r["file"] for r in recs) == sorted({r["file"] for r in recs}) and len(recs) == 6
+    parts = sorted((out / "manifest.jsonl.parts").glob("rank-*-of-00002.jsonl"))
+    recs = [json.loads(line) for f in parts for line in f.read_text().splitlines()]
+    assert len(parts) == 2 and sorted(r["file"] for r in recs) == sorted({r["file"] for r in recs}) and len(recs) == 6
     assert main(base + ["--num-shards", "2", "--shard-index", "2"]) == 2
 
 
@@ -125,9 +126,20 @@ def test_generate_diffiqa_takes_its_shard_from_the_launcher_env(tiny_pipe_dir, t
             "--min-steps", "1", "--max-steps", "1", "--process-size", "0", "--num-variants", "1", "--no-progress"]
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)  # no rendezvous: this worker only takes its share
     assert main(base) == 0
     assert sorted(p.name for p in out.glob("01/*.png")) == ["r1_01.png"]
-    assert (out / "manifest.1-of-2.jsonl").is_file()
+    part = out / "manifest.jsonl.parts" / "rank-00001-of-00002.jsonl"
+    assert [json.loads(x)["file"] for x in part.read_text().splitlines()] == ["01/r1_01.png"]
+    assert not (out / "manifest.jsonl").exists()
+    # The other share by hand, then one process over the folder: nothing left to do, the parts are merged.
+    assert main(base + ["--shard-index", "0", "--num-shards", "2"]) == 0
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    assert main(base) == 0
+    merged = [json.loads(x)["file"] for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert merged == ["01/r0_01.png", "01/r1_01.png", "01/r2_01.png"]
+    assert not (out / "manifest.jsonl.parts").exists()
 
 
 @pytest.mark.slow
@@ -149,7 +161,9 @@ def test_generate_diffiqa_under_torchrun_two_processes(tiny_pipe_dir, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    recs = [json.loads(line) for f in sorted(out.glob("manifest*.jsonl")) for line in f.read_text().splitlines()]
+    # Rank 0 merged both parts into one manifest, in input order (reference, then variant), after a barrier.
+    assert not (out / "manifest.jsonl.parts").exists()
+    recs = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     files = [r["file"] for r in recs]
-    assert len(files) == 6 and len(set(files)) == 6  # every output written exactly once
+    assert files == [f"{v:02d}/r{i}_{v:02d}.png" for i in range(3) for v in (1, 2)]  # each output exactly once
     assert {r["worker"] for r in recs} == {0, 1}

@@ -123,10 +123,36 @@ def test_two_workers_write_disjoint_outputs(tiny_pipe, tmp_path):
         written[rank] = set(out.rglob("*.png")) - before
     assert written[0] and written[1] and not written[0] & written[1]
     assert len(written[0] | written[1]) == 3 * 3
-    m0 = [json.loads(x) for x in (out / "manifest.0-of-2.jsonl").read_text().splitlines()]
-    m1 = [json.loads(x) for x in (out / "manifest.1-of-2.jsonl").read_text().splitlines()]
+    parts = out / "manifest.jsonl.parts"
+    m0 = [json.loads(x) for x in (parts / "rank-00000-of-00002.jsonl").read_text().splitlines()]
+    m1 = [json.loads(x) for x in (parts / "rank-00001-of-00002.jsonl").read_text().splitlines()]
     assert {r["name"] for r in m0} == {refs[0].stem, refs[2].stem} and {r["name"] for r in m1} == {refs[1].stem}
-    assert len(read_manifest(out)) == 6
+    assert len(read_manifest(out)) == 6 and not (out / "manifest.jsonl").exists()  # no barrier: no merge yet
+    # One process resumes over the folder: nothing to generate; the parts are merged in input order.
+    again = generate_diffiqa(tiny_pipe, refs, out, s, load_image=_pil_loader, progress=False)
+    assert again.written == 0 and again.skipped == 6
+    merged = [json.loads(x)["file"] for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert merged == [f"{v:02d}/{r.stem}_{v:02d}.png" for r in refs for v in (1, 2)]
+    assert not parts.exists() and len(read_manifest(out)) == 6
+
+
+def test_barrier_then_rank0_merges_and_older_worker_files_are_read(tiny_pipe, tmp_path):
+    refs = _refs(tmp_path / "refs", n=2)
+    out = tmp_path / "images"
+    s = DiffIQASettings(steps_range=(1, 1), process_size=None, num_variants=1)
+    # A record left by an earlier version's per-worker file is read (no regeneration) and merged.
+    first = generate_diffiqa(tiny_pipe, refs, out, s, rank=1, world=2, load_image=_pil_loader, progress=False)
+    assert first.written == 1
+    part = out / "manifest.jsonl.parts" / "rank-00001-of-00002.jsonl"
+    (out / "manifest.1-of-2.jsonl").write_bytes(part.read_bytes())
+    part.unlink()
+    calls = []
+    report = generate_diffiqa(tiny_pipe, refs, out, s, rank=0, world=2, load_image=_pil_loader, progress=False,
+                              barrier=lambda: calls.append("barrier"))
+    assert report.written == 1 and calls == ["barrier"]
+    merged = [json.loads(x)["file"] for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert merged == [f"01/{r.stem}_01.png" for r in refs]
+    assert not (out / "manifest.1-of-2.jsonl").exists() and not (out / "manifest.jsonl.parts").exists()
 
 
 def test_unreadable_reference_is_reported_and_others_continue(tiny_pipe, tmp_path):

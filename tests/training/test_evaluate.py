@@ -212,7 +212,7 @@ def test_sharded_scoring_merges_parts_in_input_order_and_resumes_with_another_wo
     scorer = _FakeScorer()
     totals = _run_ranks(2, pairs, cache, scorer)
     assert totals == {0: 11, 1: 11} and len(scorer.seen) == 11
-    assert not part_files(cache)
+    assert not part_files(cache) and not (tmp_path / "sharded.jsonl.parts").exists()
     # merged in the input order of the pairs, with the single-process values
     got = [json.loads(x) for x in cache.read_text().splitlines()[1:]]
     assert [(Path(r["distorted"]).name, Path(r["reference"]).name) for r in got] == pairs[:11]
@@ -222,11 +222,13 @@ def test_sharded_scoring_merges_parts_in_input_order_and_resumes_with_another_wo
     # an interrupted 3-process run left a part file (with a torn last line) and a partial cache: 2 processes finish
     cache2 = tmp_path / "resumed.jsonl"
     cache2.write_text("\n".join(ref_lines[:3]) + "\n")
-    (tmp_path / "resumed.jsonl.part2-of-3").write_text(
+    (tmp_path / "resumed.jsonl.parts").mkdir()
+    (tmp_path / "resumed.jsonl.parts" / "rank-00002-of-00003.jsonl").write_text(
         ref_lines[0] + "\n" + ref_lines[6] + "\n" + ref_lines[9] + "\n" + ref_lines[10][:20])
+    (tmp_path / "resumed.jsonl.part1-of-3").write_text(ref_lines[0] + "\n" + ref_lines[7] + "\n")  # older naming
     scorer2 = _FakeScorer()
     _run_ranks(2, pairs, cache2, scorer2)
-    assert len(scorer2.seen) == 11 - 2 - 2  # two rows in the cache, two complete rows in the part file
+    assert len(scorer2.seen) == 11 - 2 - 2 - 1  # two rows in the cache, two + one complete rows in the parts
     final = {(r["distorted"], r["reference"]): r for r in map(json.loads, cache2.read_text().splitlines()[1:])}
     assert final == by_key and not part_files(cache2)
 
@@ -265,4 +267,4 @@ def test_two_process_evaluation_equals_one_process(tmp_path, converted_model, hf
     assert a.keys() == b.keys()
     for key in a:  # other batch compositions: float rounding only
         assert {k: v if isinstance(v, str) else pytest.approx(v, rel=1e-5, abs=1e-6) for k, v in a[key].items()} == b[key]
-    assert not list(tmp_path.glob("two.scores.jsonl.part*"))
+    assert not list(tmp_path.glob("two.scores.jsonl.part*"))  # neither the parts folder nor older part files
