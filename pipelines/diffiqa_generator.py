@@ -45,8 +45,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from modeling_afine.sharding import World, part_files, part_path, shard_indices, write_records
-
 from .degradations import WeakDegradation
 from .durable import JsonlLog, copy_file_durable, read_jsonl, save_png_durable
 
@@ -144,6 +142,8 @@ def list_references(folder: str | os.PathLike) -> list[Path]:
 
 def shard_references(references: Sequence[Path], rank: int, world: int) -> list[Path]:
     """The references of worker ``rank`` out of ``world``: those at positions ``i % world == rank``."""
+    from modeling_afine.sharding import World, shard_indices  # torch-free; imported late (package layering)
+
     if not 0 <= rank < world:
         raise ValueError(f"shard index {rank} not in [0, {world})")
     return [references[i] for i in shard_indices(len(references), World(rank=rank, size=world))]
@@ -156,6 +156,8 @@ def variant_path(out: Path, name: str, variant: int) -> Path:
 
 def _manifest_path(out: Path, rank: int, world: int) -> Path:
     """Where this worker appends its records: ``manifest.jsonl`` alone, else its part file."""
+    from modeling_afine.sharding import World, part_path
+
     manifest = out / MANIFEST
     return manifest if world == 1 else part_path(manifest, World(rank=rank, size=world))
 
@@ -168,6 +170,8 @@ def _legacy_worker_manifests(out: Path) -> list[Path]:
 def read_manifest(out: str | os.PathLike) -> dict[str, dict]:
     """All manifest records under ``out`` (``manifest.jsonl`` and every worker's part), keyed by output file
     (relative path); the last record of a file wins. Unreadable lines (a line torn by a crash) are skipped."""
+    from modeling_afine.sharding import part_files
+
     out = Path(out)
     records: dict[str, dict] = {}
     for path in [out / MANIFEST, *part_files(out / MANIFEST), *_legacy_worker_manifests(out)]:
@@ -186,6 +190,8 @@ def merge_manifest(out: str | os.PathLike, order: Sequence[str] = ()) -> int:
     the order first seen. The file is replaced atomically and durably; part files go only after that.
     Returns the number of records.
     """
+    from modeling_afine.sharding import write_records
+
     out = Path(out)
     records = read_manifest(out)
     position = {name: i for i, name in enumerate(order)}
