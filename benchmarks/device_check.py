@@ -9,7 +9,8 @@ What it checks, all with random weights (no downloads):
   table          scoring speed for fp32 / bf16 / fp16 backbones, batch sizes 1-64, at 512^2 and 1024^2:
                  distorted images per second against an encoded reference, speed-up over the official-style
                  baseline (fp32, batch 1, both images through CLIP per pair), and the fraction of the GEMM floor
-                 (``torch.matmul`` on the backbone's exact shapes, same dtype, timed in the same run)
+                 (the best of ``torch.matmul`` and ``F.linear`` on the backbone's projection shapes, same dtype,
+                 timed in the same run; see ``bench_scoring.gemm_rate``)
   big_pair       one 3840x2160 pair (fp32 and bf16) in a fresh subprocess: seconds and peak GPU memory
   enhancer_half  the tiny enhancer pipeline in fp16 (bf16 on CPU) with tiling and the latent start: finite output
 """
