@@ -6,7 +6,8 @@ Run it in a fresh process (``bench_scoring.py`` does) so the peak RSS belongs to
                                          [--model DIR] [--threads N] [--json]
 
 ``--path all-features`` reproduces the computation before streaming (all 12 block outputs kept, then the heads),
-for a before/after comparison in the same environment. Random ViT-B/32 weights unless ``--model`` names a
+and ``--path stock-modules`` streams with transformers' stock CLIP attention, MLP and patch convolution (the bf16
+CPU fast paths off), for before/after comparisons in the same environment. Random ViT-B/32 weights unless ``--model`` names a
 converted checkpoint (the numbers of interest, time and memory, do not depend on the weights).
 The last line of output is one JSON object when ``--json`` is given.
 """
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, nargs=2, default=(2160, 3840), metavar=("H", "W"))
     ap.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="backbone precision")
-    ap.add_argument("--path", choices=("streaming", "all-features"), default="streaming")
+    ap.add_argument("--path", choices=("streaming", "all-features", "stock-modules"), default="streaming",
+                    help="stock-modules: streaming with transformers' stock CLIP attention/MLP/patch convolution")
     ap.add_argument("--model", default=None, help="converted A-FINE folder (default: random full-size weights)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -92,8 +94,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--tiny", action="store_true", help="tiny random backbone (smoke test of this script)")
     args = ap.parse_args(argv)
 
+    import os
+
     import torch
 
+    if args.path == "stock-modules":
+        from modeling_afine.modeling_afine import STOCK_MODULES_ENV
+
+        os.environ[STOCK_MODULES_ENV] = "1"
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -108,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.cuda.synchronize(device)
     start = time.perf_counter()
     with torch.inference_mode():
-        if args.path == "streaming":
+        if args.path in ("streaming", "stock-modules"):
             score = model(distorted, reference).score
         else:
             score = all_features_forward(model, distorted, reference)

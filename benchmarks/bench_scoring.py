@@ -8,11 +8,14 @@ Rows (full-size ViT-B/32, random weights unless ``--model DIR``; one reference, 
                   all 12 block outputs kept and then reduced by the heads (how QuickInference/afine.py scores)
   ours fp32       the shared reference encoded once (``encode_reference``), distorted images batched, fp32
   ours bf16       the same with the backbone in bf16 (heads fp32, as ``load_afine(dtype="bfloat16")``)
+  bf16 stock      the same bf16 run through transformers' stock CLIP attention (SDPA), MLP and patch convolution
+                  (``AFINE_STOCK_CLIP_MODULES=1``): what the bf16 CPU fast paths gain
   GEMM floor      the backbone's FLOPs (projections, MLP, attention products, patch embedding) at the best rate
                   a GEMM reaches on the model's own projection shapes (tokens x 768 by 768 x 768, 768 x 3072, ...;
                   ``torch.matmul`` and ``F.linear`` layouts, the faster counts), fp32 and bf16, timed on this
                   machine in this run: a lower bound for the model (softmax, layer norms and activations are free)
-  4K pair         one 3840x2160 pair in a fresh subprocess (``bench_big_image.py``): time, peak RSS, vs its floor
+  4K pair         one 3840x2160 pair in a fresh subprocess (``bench_big_image.py``): time, peak RSS, vs its floor;
+                  ``--big-before`` adds the pre-streaming fp32 path and bf16 with the stock modules
   afine --help    the CLI's start-up, in a subprocess
 
 "speed-up" is baseline time / row time; "of floor" is floor time / row time (1.00 = at the GEMM floor).
@@ -216,6 +219,24 @@ def official_style(model, distorted: torch.Tensor, reference: torch.Tensor) -> t
     return torch.cat(scores)
 
 
+def stock_modules(fn):
+    """``fn`` run with transformers' stock CLIP attention, MLP and patch convolution (the bf16 CPU fast paths off)."""
+    from modeling_afine.modeling_afine import STOCK_MODULES_ENV
+
+    def run():
+        before = os.environ.get(STOCK_MODULES_ENV)
+        os.environ[STOCK_MODULES_ENV] = "1"
+        try:
+            return fn()
+        finally:
+            if before is None:
+                del os.environ[STOCK_MODULES_ENV]
+            else:
+                os.environ[STOCK_MODULES_ENV] = before
+
+    return run
+
+
 def with_reuse(model, distorted: torch.Tensor, reference: torch.Tensor, batch: int) -> torch.Tensor:
     enc = model.encode_reference(reference)
     return torch.cat([model(distorted[i : i + batch], reference_encoding=enc).score for i in range(0, len(distorted), batch)])
@@ -301,6 +322,7 @@ def main(argv: list[str] | None = None) -> dict:
         "baseline": lambda: official_style(model, dis, ref),
         "fp32": lambda: with_reuse(model, dis, ref, args.batch),
         "bf16": lambda: with_reuse(model_bf16, dis, ref, args.batch),
+        "bf16 stock": stock_modules(lambda: with_reuse(model_bf16, dis, ref, args.batch)),
         "floor fp32": lambda: gemm_floor(gemms, torch.float32, device, 1),
         "floor bf16": lambda: gemm_floor(gemms, torch.bfloat16, device, 1),
     }
@@ -310,6 +332,7 @@ def main(argv: list[str] | None = None) -> dict:
     samples: dict[str, list[float]] = {name: [] for name in runs}
     with torch.inference_mode():
         s_base, s32, s16 = runs["baseline"](), runs["fp32"](), runs["bf16"]()  # warm-up and the values
+        s16_stock = runs["bf16 stock"]()
         for _ in range(args.repeats):
             for name, fn in runs.items():
                 if name.startswith("floor"):
@@ -320,13 +343,17 @@ def main(argv: list[str] | None = None) -> dict:
                     fn()
                     _sync(device)
                     samples[name].append(time.perf_counter() - start)
-    t_base, t32, t16, floor32, floor16 = (statistics.median(samples[name]) for name in runs)
+    t_base, t32, t16, t16_stock, floor32, floor16 = (statistics.median(samples[name]) for name in runs)
     rows["baseline fp32"] = {"seconds": t_base, "speedup": 1.0}
     rows["ours fp32 (reuse)"] = {
         "seconds": t32, "speedup": t_base / t32, "of_floor": floor32 / t32, "max_abs_dscore_vs_baseline": float((s32 - s_base).abs().max()),
     }
     rows["ours bf16 (reuse)"] = {
         "seconds": t16, "speedup": t_base / t16, "of_floor": floor16 / t16, "max_abs_dscore_vs_fp32": float((s16 - s32).abs().max()),
+    }
+    rows["bf16, stock CLIP modules"] = {
+        "seconds": t16_stock, "speedup": t_base / t16_stock, "of_floor": floor16 / t16_stock,
+        "max_abs_dscore_vs_fp32": float((s16_stock - s32).abs().max()),
     }
     rows["GEMM floor fp32"] = {"seconds": floor32, "speedup": t_base / floor32, "gflops": flops / floor32 / 1e9}
     rows["GEMM floor bf16"] = {"seconds": floor16, "speedup": t_base / floor16, "gflops": flops / floor16 / 1e9}
@@ -340,7 +367,9 @@ def main(argv: list[str] | None = None) -> dict:
         pair_gemms = backbone_gemms(vc, big_tokens, 1)
         big_floor = {name: 2 * gemm_floor(pair_gemms, dtype, device, 1)
                      for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
-        runs = [("fp32", "streaming"), ("bf16", "streaming")] + ([("fp32", "all-features")] if args.big_before else [])
+        runs = [("fp32", "streaming"), ("bf16", "streaming")]
+        if args.big_before:
+            runs += [("fp32", "all-features"), ("bf16", "stock-modules")]
         for dtype, path in runs:
             cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_big_image.py"), "--dtype", dtype, "--path", path,
                    "--size", *map(str, big_size), "--json"]

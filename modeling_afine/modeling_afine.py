@@ -11,6 +11,7 @@ next to a checkpoint and loaded with ``trust_remote_code=True``.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
@@ -240,12 +241,18 @@ def _needs_graph(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
+#: Set to 1 to run transformers' stock CLIP attention, MLP and patch convolution everywhere (read at every call).
+STOCK_MODULES_ENV = "AFINE_STOCK_CLIP_MODULES"
+
+
 def _plain_cpu_inference(*tensors: torch.Tensor) -> bool:
-    """True on CPU with no graph recorded and no autocast: where the bf16 fast paths replace stock modules."""
+    """True where the bf16 fast paths replace the stock modules: CPU, no graph recorded, no autocast, and not
+    switched off with ``AFINE_STOCK_CLIP_MODULES=1``."""
     return (
         tensors[0].device.type == "cpu"
         and not torch.is_autocast_enabled("cpu")
         and not _needs_graph(*tensors)
+        and os.environ.get(STOCK_MODULES_ENV, "0") in ("", "0")
     )
 
 

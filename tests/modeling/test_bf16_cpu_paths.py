@@ -97,11 +97,19 @@ def test_fast_paths_replace_sdpa_and_conv_only_in_bf16_cpu_inference(models, mon
         fp32(dis, ref)
     # Distorted batch and the broadcast reference go through separate passes: two of each per layer.
     assert calls == {"sdpa": 2 * TINY["num_hidden_layers"], "conv": 2}
-    # Autocast and recorded graphs keep the stock modules too.
+    # Autocast keeps the stock modules too, and so does the switch for bf16 models.
     calls.update(sdpa=0, conv=0)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         fp32(dis, ref)
     assert calls == {"sdpa": 2 * TINY["num_hidden_layers"], "conv": 2}
+    calls.update(sdpa=0, conv=0)
+    monkeypatch.setenv(afine_modeling.STOCK_MODULES_ENV, "1")
+    with torch.inference_mode():
+        switched = bf16(dis, ref)
+    assert calls == {"sdpa": 2 * TINY["num_hidden_layers"], "conv": 2}
+    with torch.inference_mode():
+        stock = _stock_copy(bf16)(dis, ref)
+    assert torch.equal(switched.score, stock.score)
 
 
 def test_bf16_training_uses_stock_modules_and_has_gradients(models):
