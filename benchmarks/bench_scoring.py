@@ -264,7 +264,8 @@ def run_subprocess_json(cmd: list[str], timeout: float) -> dict:
 
 def help_time(repeats: int) -> dict:
     """Wall time of ``afine --help`` (the console script if installed, else ``python -m modeling_afine``)."""
-    exe = shutil.which("afine")
+    beside = Path(sys.executable).with_name("afine")  # the venv's console script, even when not on PATH
+    exe = str(beside) if beside.is_file() else shutil.which("afine")
     cmd = [exe, "--help"] if exe else [sys.executable, "-m", "modeling_afine", "--help"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     times = []
