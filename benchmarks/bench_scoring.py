@@ -364,10 +364,10 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.skip_big:
         big_size = (64, 96) if args.tiny else tuple(args.big_size)
         big_tokens = tokens_for(big_size, vc.patch_size)
-        # Floor of the pair: two images' FLOPs at the GEMM rate of this token count.
+        # Floor of the pair: two images' FLOPs at the GEMM rate of this token count, measured right before each
+        # run (the runs take minutes; the machine's speed can drift in between).
         pair_gemms = backbone_gemms(vc, big_tokens, 1)
-        big_floor = {name: 2 * gemm_floor(pair_gemms, dtype, device, 1)
-                     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+        dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
         runs = [("fp32", "streaming"), ("bf16", "streaming")]
         if args.big_before:
             runs += [("fp32", "all-features"), ("bf16", "stock-modules")]
@@ -380,10 +380,11 @@ def main(argv: list[str] | None = None) -> dict:
                 cmd.append("--tiny")
             if args.model:
                 cmd += ["--model", args.model]
+            floor = 2 * gemm_floor(pair_gemms, dtypes[dtype], device, 1)
             res = run_subprocess_json(cmd, timeout=7200)
             if "seconds" in res:
-                res["floor_seconds"] = big_floor[dtype]
-                res["x_floor"] = res["seconds"] / big_floor[dtype]
+                res["floor_seconds"] = floor
+                res["x_floor"] = res["seconds"] / floor
             big[f"{dtype} {path}"] = res
 
     cli = {"skipped": True} if args.skip_help else help_time(args.repeats)
