@@ -95,8 +95,8 @@ class AfineVisionEmbeddings(CLIPVisionEmbeddings):
         weight = self.patch_embedding.weight
         if weight.dtype != torch.bfloat16 or not _plain_cpu_inference(pixel_values, weight):
             return super().forward(pixel_values, interpolate_pos_encoding=True)
-        # bf16 on CPU: the stride-32 patch convolution as one GEMM over unfolded patches. oneDNN's bf16
-        # convolution ran at about a tenth of the GEMM rate on a 4K image (1 s of a 19 s pair).
+        # bf16 on CPU: the stride-32 patch convolution as one GEMM over unfolded patches; oneDNN's bf16
+        # convolution runs far below the GEMM rate on big images.
         batch, channels, height, width = pixel_values.shape
         patch = self.patch_size
         rows, cols = height // patch, width // patch  # the convolution drops a remainder the same way
@@ -130,16 +130,16 @@ class _QuickGELU(nn.Module):
 
 
 #: Query rows per block of the half-precision CPU attention are chosen so that one block's scores
-#: (batch x heads x rows x tokens) stay under this many elements (32 MB in bf16; 171 rows at 4K, where it ran
-#: 5 % faster than 2**25 or 2**23 and 15 % faster than 2**26 on a 2-core AVX-512 machine).
+#: (batch x heads x rows x tokens) stay under this many elements (32 MB in bf16; 171 rows at 4K). The fastest
+#: of 2**22 .. 2**26 on a 4K pair on a 2-core AVX-512 machine.
 _ATTENTION_BLOCK_ELEMENTS = 2**24
 
 
 class _AfineAttention(CLIPAttention):
     """CLIP attention (same parameters); in bf16 on CPU without autograd, blocked matmul-softmax-matmul.
 
-    Why: torch's CPU flash-attention kernel is several times slower in bf16 than bf16 GEMMs (no AMX here):
-    at 3840x2160 it took 86 % of each layer. Three plain ops reach the GEMM rate: scores = (q * scale) @ k^T
+    Why: torch's CPU flash-attention kernel is several times slower in bf16 than bf16 GEMMs on CPUs without
+    AMX, and at 3840x2160 it dominated each layer. Three plain ops reach the GEMM rate: scores = (q * scale) @ k^T
     and softmax(scores) @ v per block of query rows, the softmax in place in a reused scores buffer, so
     memory stays bounded (a 4K image's 8161 x 8161 x 12 scores never exist at once). The scores are rounded
     to bf16 as in transformers' eager bf16 attention. Everything else (fp32, GPUs, training, masks,
@@ -187,8 +187,8 @@ class _AfineMLP(CLIPMLP):
     """CLIP's MLP (same parameters); in bf16 on CPU without autograd, run over chunks of token rows.
 
     Why: fc1 -> quick_gelu -> fc2 over all tokens at once sends the tokens x 3072 activations through memory
-    three times for the activation alone; per chunk of rows they stay in cache (about 25 % less MLP time at
-    512x512). Each row's arithmetic is the same. Other dtypes and devices run the stock module unchanged.
+    three times for the activation alone; per chunk of rows they stay in cache. Each row's arithmetic is the
+    same. Other dtypes and devices run the stock module unchanged.
     """
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:

@@ -40,6 +40,7 @@ __all__ = [
     "read_records",
     "write_records",
     "ProcessGroup",
+    "fsync_dir",
     "launched_with_rendezvous",
 ]
 
@@ -148,7 +149,7 @@ def write_records(output: str | os.PathLike, records: Iterable[dict[str, Any]], 
             fh.flush()
             os.fsync(fh.fileno())  # on disk before the rename and before the parts are removed
         os.replace(tmp, output)
-        _fsync_dir(output.parent)
+        fsync_dir(output.parent)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -158,8 +159,9 @@ def write_records(output: str | os.PathLike, records: Iterable[dict[str, Any]], 
     return count
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename inside ``folder`` durable (skipped where folders cannot be opened or synced)."""
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make renames/creations inside ``folder`` durable (a no-op where folders cannot be opened or synced,
+    e.g. on Windows or file systems that refuse fsync on directories)."""
     try:
         fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:

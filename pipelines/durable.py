@@ -25,17 +25,10 @@ logger = logging.getLogger(__name__)
 
 
 def fsync_dir(folder: str | os.PathLike) -> None:
-    """Make renames/creations inside ``folder`` durable (no-op where folders cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems refuse fsync on directories
-        pass
-    finally:
-        os.close(fd)
+    """Make renames/creations inside ``folder`` durable; see :func:`modeling_afine.sharding.fsync_dir`."""
+    from modeling_afine.sharding import fsync_dir as _fsync_dir  # torch-free; imported late (package layering)
+
+    _fsync_dir(folder)
 
 
 def _replace_durably(tmp: Path, path: Path) -> None:

@@ -43,6 +43,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
+from modeling_afine import sharding  # torch-free (the package itself imports lazily)
+
 __all__ = [
     "SCORE_FIELDS",
     "DEFAULT_VIEWS",
@@ -187,10 +189,8 @@ def score_pairs(scorer, pairs: Iterable[tuple[ImageRef, ImageRef]], cache: Score
 def part_files(cache_path) -> list[Path]:
     """The per-process part files of a cache (``<cache>.parts/rank-r-of-W.jsonl``), any world size; also the
     ``<cache>.part{r}-of-{W}`` files that earlier versions wrote next to it."""
-    from modeling_afine.sharding import part_files as shard_parts
-
     cache_path = Path(cache_path)
-    return shard_parts(cache_path) + sorted(cache_path.parent.glob(cache_path.name + ".part*-of-*"))
+    return sharding.part_files(cache_path) + sorted(cache_path.parent.glob(cache_path.name + ".part*-of-*"))
 
 
 def merge_part_files(cache_path, model_id: str, pairs: Sequence[tuple[ImageRef, ImageRef]] = ()) -> int:
@@ -211,10 +211,8 @@ def merge_part_files(cache_path, model_id: str, pairs: Sequence[tuple[ImageRef, 
     store.add([(d, r, rows[(d, r)]) for d, r in order])
     for f in parts:
         f.unlink()
-    from modeling_afine.sharding import parts_dir
-
     with contextlib.suppress(OSError):
-        parts_dir(cache_path).rmdir()  # only when empty
+        sharding.parts_dir(cache_path).rmdir()  # only when empty
     return len(order)
 
 
@@ -238,11 +236,9 @@ def score_pairs_sharded(scorer, pairs: Iterable[tuple[ImageRef, ImageRef]], cach
         if key not in store and key not in seen:
             seen.add(key)
             todo.append((dis, ref))
-    from modeling_afine.sharding import World, part_path, shard_indices
-
-    shard = World(rank=rank, size=world)
-    part = ScoreCache(part_path(cache_path, shard), model_id)
-    score_pairs(scorer, [todo[i] for i in shard_indices(len(todo), shard)], part, **kwargs)
+    shard = sharding.World(rank=rank, size=world)
+    part = ScoreCache(sharding.part_path(cache_path, shard), model_id)
+    score_pairs(scorer, [todo[i] for i in sharding.shard_indices(len(todo), shard)], part, **kwargs)
     barrier()
     if rank == 0:
         merge_part_files(cache_path, model_id, pairs)
