@@ -66,6 +66,22 @@ def test_bench_scoring_smoke(tmp_path):
     assert rows["ours fp32 (reuse)"]["max_abs_dscore_vs_baseline"] < 1e-4
     assert 0 <= rows["ours bf16 (reuse)"]["max_abs_dscore_vs_fp32"] < 5
     assert all(r["seconds"] > 0 for r in rows.values())
+    # The softmax-inclusive bound adds the measured softmax time to the GEMM floor.
+    for name in ("ours fp32 (reuse)", "ours bf16 (reuse)", "bf16, stock CLIP modules"):
+        assert rows[name]["of_floor_with_softmax"] > rows[name]["of_floor"] > 0
+    assert rows["GEMM floor bf16"]["softmax_seconds"] > 0
+
+
+def test_softmax_time_scales_with_the_score_count(monkeypatch):
+    """One timed block, scaled by rows and layers: the count of scores, not the block size, sets the total."""
+    from modeling_afine import AfineConfig
+
+    vc = AfineConfig(vision_config=dict(num_hidden_layers=3, num_attention_heads=2)).vision_config
+    monkeypatch.setattr(bench_scoring, "_best_seconds", lambda fn, repeats, device: (fn(), 1.0)[1])
+    import modeling_afine.modeling_afine as afine_modeling
+
+    monkeypatch.setattr(afine_modeling, "_ATTENTION_BLOCK_ELEMENTS", 2 * 2 * 100 * 25)  # blocks of 25 query rows
+    assert bench_scoring.softmax_seconds(vc, 100, 2, torch.bfloat16, torch.device("cpu")) == pytest.approx(3 * 100 / 25)
 
 
 def test_device_check_smoke_on_cpu(tmp_path):

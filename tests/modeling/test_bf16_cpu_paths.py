@@ -143,15 +143,28 @@ def test_blocked_attention_equals_one_block(models, monkeypatch):
 
 
 def test_chunked_mlp_matches_stock(models, monkeypatch):
-    _, bf16 = models
+    fp32, bf16 = models
     mlp = bf16.vision_model.encoder.layers[1].mlp
+    exact_mlp = fp32.vision_model.encoder.layers[1].mlp
     monkeypatch.setattr(afine_modeling, "_MLP_CHUNK_ROWS", 7)
-    hidden = torch.randn(3, 20, TINY["hidden_size"]).to(torch.bfloat16)  # 60 rows: 8 full chunks and 4 rows
+    g = torch.Generator().manual_seed(3)
+    hidden = torch.randn(3, 200, TINY["hidden_size"], generator=g).to(torch.bfloat16)  # 600 rows: chunks of 7, 5 left
     with torch.inference_mode():
         chunked = mlp(hidden)
         stock = CLIPMLP.forward(mlp, hidden.clone())
+        exact = CLIPMLP.forward(exact_mlp, hidden.float())
+        monkeypatch.setattr(afine_modeling, "_QUICK_GELU_SLOPE", 1.0)
+        unit_slope = mlp(hidden)
     assert chunked.shape == stock.shape and chunked.dtype == torch.bfloat16
-    torch.testing.assert_close(chunked.float(), stock.float(), rtol=2**-7, atol=1e-3)
+    # quick_gelu folded into fc1/fc2 (silu of the 1.702-scaled accumulator): within about a bf16 ulp of the
+    # stock bf16 MLP at the outputs' scale, and no further from fp32 than the stock bf16 MLP is.
+    ulp = 2**-7 * float(stock.float().abs().max())
+    torch.testing.assert_close(chunked.float(), stock.float(), rtol=2**-7, atol=1.5 * ulp)
+    fast_err, stock_err = (chunked.float() - exact).abs(), (stock.float() - exact).abs()
+    assert fast_err.mean() <= 1.1 * stock_err.mean()
+    assert fast_err.max() <= 1.5 * stock_err.max()
+    # A wrong slope is caught: with slope 1 the fold computes silu(h), not quick_gelu(h).
+    assert (unit_slope.float() - exact).abs().mean() > 5 * stock_err.mean()
 
 
 def test_patch_gemm_matches_convolution(models):
