@@ -5,12 +5,16 @@ in one run on the same machine:
 
   pure model     the forward passes alone, on tensors already in memory, with the same batching as the
                  scorer (one backbone pass over distorted + reference per batch of one-off pairs; a shared
-                 reference encoded once, then its distorted images in batches); timed first and last, and the
-                 mean of the two is the reference for every ratio (their difference shows the machine's drift)
+                 reference encoded once, then its distorted images in batches)
   scorer, 0 thr  AfineScorer.iter_pairs over the files, decoding in the calling thread (no overlap)
   scorer, N thr  the same with N background decoding threads (what `afine score` uses)
   CLI            `afine score --pairs CSV --output JSONL -q` in a fresh process: wall time, and wall time minus
                  the start-up + model loading of a one-pair run (the scoring part)
+
+The pairs are split into ``--rounds`` chunks (whole reference groups); each round runs the pure model and both
+scorer rows on its chunk, one after the other, and the rows' times are summed over the rounds. A machine whose
+speed drifts during the run then moves all three rows alike; the range of the per-round ratios is printed. The
+CLI runs once over all pairs afterwards and is compared with the summed pure-model time.
   afine --help   start-up of the command line in a fresh process (it imports neither torch nor transformers)
 
 Every time is also given as a ratio to the pure-model time (1.00 = decoding and I/O fully hidden). The
@@ -106,10 +110,20 @@ def pure_model_seconds(scorer, n: int, per_reference: int, size: int) -> float:
     return time.perf_counter() - start
 
 
-def scorer_seconds(scorer, csv: Path, workers: int) -> float:
-    folder = csv.parent
+def read_pairs(csv: Path) -> list[tuple[str, str]]:
     rows = [line.split(",") for line in csv.read_text().splitlines()[1:]]
-    pairs = [(str(folder / d), str(folder / r)) for d, r in rows]
+    return [(str(csv.parent / d), str(csv.parent / r)) for d, r in rows]
+
+
+def rounds_of(pairs: list, per_reference: int, rounds: int) -> list[list]:
+    """``pairs`` in ``rounds`` contiguous chunks of whole reference groups (sizes differ by at most one group)."""
+    groups = [pairs[i : i + per_reference] for i in range(0, len(pairs), per_reference)]
+    rounds = max(1, min(rounds, len(groups)))
+    bounds = [round(k * len(groups) / rounds) for k in range(rounds + 1)]
+    return [[p for g in groups[bounds[k] : bounds[k + 1]] for p in g] for k in range(rounds)]
+
+
+def scorer_seconds(scorer, pairs: list[tuple[str, str]], workers: int) -> float:
     counts: dict[str, int] = {}
     for _, r in pairs:
         counts[r] = counts.get(r, 0) + 1
@@ -159,6 +173,7 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="converted model dir (default: full-size random weights)")
     ap.add_argument("--keep", metavar="DIR", help="generate into DIR and keep it (reused when it already has the pairs)")
     ap.add_argument("--skip-cli", action="store_true", help="skip the fresh-process CLI runs")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the in-process rows (default 5)")
     args = ap.parse_args()
 
     import torch
@@ -186,12 +201,20 @@ def main() -> None:
         scorer = AfineScorer(model, processor=processor, batch_size=args.batch, num_workers=workers)
 
         pure_model_seconds(scorer, min(args.n, 2 * args.batch), args.per_reference, args.size)  # warm-up
-        # The pure-model time is measured before and after the other rows and their mean is the reference: a
-        # machine whose speed drifts during the (long) run then shows it, instead of skewing the ratios unseen.
-        rows = []
-        pure_before = pure_model_seconds(scorer, args.n, args.per_reference, args.size)
-        rows.append(("scorer, 0 decoding threads", scorer_seconds(scorer, csv, 0)))
-        rows.append((f"scorer, {workers} decoding threads", scorer_seconds(scorer, csv, workers)))
+        names = ["pure model", "scorer, 0 decoding threads", f"scorer, {workers} decoding threads"]
+        per_round: dict[str, list[float]] = {name: [] for name in names}
+        chunks = rounds_of(read_pairs(csv), args.per_reference, args.rounds)
+        for k, chunk in enumerate(chunks):
+            per_round[names[0]].append(pure_model_seconds(scorer, len(chunk), args.per_reference, args.size))
+            per_round[names[1]].append(scorer_seconds(scorer, chunk, 0))
+            per_round[names[2]].append(scorer_seconds(scorer, chunk, workers))
+            print(f"  round {k + 1}/{len(chunks)}: " + ", ".join(f"{n} {v[-1]:.1f} s" for n, v in per_round.items()), file=sys.stderr)
+        rows = [(name, sum(times)) for name, times in per_round.items()]
+        pure = rows[0][1]
+        spread = {
+            name: (min(t / p for t, p in zip(times, per_round[names[0]])), max(t / p for t, p in zip(times, per_round[names[0]])))
+            for name, times in per_round.items()
+        }
         if not args.skip_cli:
             one = folder / "one.csv"
             one.write_text("\n".join(csv.read_text().splitlines()[:2]) + "\n")
@@ -201,10 +224,6 @@ def main() -> None:
             total = cli_seconds(csv, model_dir, args, folder / "all.jsonl")
             rows.append(("CLI (fresh process), wall", total))
             rows.append(("CLI minus one-pair run (start-up + model load)", total - startup))
-        pure_after = pure_model_seconds(scorer, args.n, args.per_reference, args.size)
-        pure = (pure_before + pure_after) / 2
-        rows[:0] = [("pure model (mean of the two below)", pure), ("  pure model, first", pure_before)]
-        rows.append(("  pure model, last", pure_after))
 
         print(
             f"\n{args.n} pairs at {args.size}x{args.size}, {args.per_reference} distorted per reference, batch {args.batch}, "
@@ -212,7 +231,9 @@ def main() -> None:
             f"{os.cpu_count()} CPUs"
         )
         for name, seconds in rows:
-            print(f"  {name:<48} {seconds:9.2f} s   {seconds / pure:5.2f}x pure model")
+            shown = name in spread and name != names[0] and len(chunks) > 1
+            lo_hi = f"   rounds {spread[name][0]:.2f}-{spread[name][1]:.2f}x" if shown else ""
+            print(f"  {name:<48} {seconds:9.2f} s   {seconds / pure:5.2f}x pure model{lo_hi}")
         print(f"  {'afine --help (fresh process, median of 5)':<48} {help_seconds():9.3f} s")
     finally:
         if not args.keep:
