@@ -365,11 +365,42 @@ def _reason(exc: BaseException) -> str:
     return text
 
 
-def _oriented(image: ImageFile.ImageFile) -> tuple[int, int]:
+def _png_metadata_after_pixels(fp: IO[bytes]) -> bool:
+    """True when a PNG has chunks other than IDAT/IEND after its first IDAT (or its chunk list is unreadable).
+
+    Reads only the 8-byte chunk headers, seeking over the data; the file position is restored.
+    """
+    position = fp.tell()
+    try:
+        fp.seek(8)
+        seen_idat = False
+        while True:
+            head = fp.read(8)
+            if len(head) < 8:
+                return True
+            length, kind = struct.unpack(">I4s", head)
+            if kind == b"IEND":
+                return False
+            if kind == b"IDAT":
+                seen_idat = True
+            elif seen_idat:
+                return True
+            fp.seek(length + 4, io.SEEK_CUR)
+    finally:
+        fp.seek(position)
+
+
+def _oriented(image: ImageFile.ImageFile, fp: Optional[IO[bytes]] = None) -> tuple[int, int]:
     """(W, H) as displayed: EXIF orientations 5-8 swap the stored sides."""
     width, height = image.size
     try:
-        orientation = image.getexif().get(0x0112, 1)
+        if image.format == "PNG" and fp is not None and not _png_metadata_after_pixels(fp):
+            # Pillow's PNG getexif() decodes every pixel to reach metadata stored after them. With no chunk
+            # there, the metadata read with the header is all there is: the same answer, without decoding.
+            exif = Image.Image.getexif(image)
+        else:
+            exif = image.getexif()
+        orientation = exif.get(0x0112, 1)
     except Exception:  # noqa: BLE001 - a broken EXIF block is ignored, as exif_transpose does
         orientation = 1
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
@@ -591,9 +622,9 @@ def probe_image(source: Union[PathLike, bytes], *, max_pixels: Optional[int] = N
     """
     limit = max_image_pixels(max_pixels)
     name = _describe(source)
-    with _opened(source, name) as (_, image):
+    with _opened(source, name) as (fp, image):
         _check_pixels(*image.size, limit, name)
-        width, height = _oriented(image)
+        width, height = _oriented(image, fp)
     return height, width
 
 

@@ -246,7 +246,9 @@ def _release_free_heap() -> None:
 
 
 _MALLOC_TRIM = None
-#: CPU passes with at least this many tokens (batch x tokens per image) trim the heap before every block.
+#: CPU passes over images of at least this many tokens each (about 2048x2048 and up) trim the heap before every
+#: block. Trimming bounds the resident size of big images, but every page it returns is faulted back in by the
+#: next block, which slows batches of small images markedly; they are left alone.
 _TRIM_TOKENS = 4096
 
 
@@ -682,8 +684,8 @@ class AfineModel(AfinePreTrainedModel):
         """
         vision = self.vision_model
         patch = self.config.vision_config.patch_size
-        tokens = pixel_values.shape[0] * (1 + (pixel_values.shape[-2] // patch) * (pixel_values.shape[-1] // patch))
-        trim = tokens >= _TRIM_TOKENS and pixel_values.device.type == "cpu"
+        tokens_per_image = 1 + (pixel_values.shape[-2] // patch) * (pixel_values.shape[-1] // patch)
+        trim = tokens_per_image >= _TRIM_TOKENS and pixel_values.device.type == "cpu"
         if trim:  # the image-sized temporaries of the RGB statistics are gone by now
             _release_free_heap()
         hidden = vision.pre_layrnorm(vision.embeddings(pixel_values, interpolate_pos_encoding=True))

@@ -63,6 +63,65 @@ def test_exif_orientation_applied(tmp_path, rgb):
     assert arr.shape == (56, 40, 3)
 
 
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def _png_with_trailing_chunk(rgb, kind: bytes, data: bytes) -> bytes:
+    """A PNG of ``rgb`` with one extra chunk between the last IDAT and IEND."""
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    png = buf.getvalue()
+    iend = png.rindex(b"IEND") - 4
+    return png[:iend] + _png_chunk(kind, data) + png[iend:]
+
+
+def test_png_orientation_probe_matches_load_without_decoding(tmp_path, rgb, monkeypatch):
+    """probe_image reads a PNG's orientation from its header without decoding pixels, wherever Pillow keeps it:
+    an eXIf chunk before the pixels, XMP, or metadata after the pixels (then it must decode, as load_image does)."""
+    from PIL import PngImagePlugin
+
+    from modeling_afine.image_io import probe_image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="8"/></rdf:RDF></x:xmpmeta>')
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", xmp.decode())
+    files = {
+        "plain.png": save(Image.fromarray(rgb), tmp_path / "plain.png"),
+        "exif_header.png": save(Image.fromarray(rgb), tmp_path / "exif_header.png", exif=exif),
+        "xmp_header.png": save(Image.fromarray(rgb), tmp_path / "xmp_header.png", pnginfo=info),
+    }
+    trailing = tmp_path / "exif_trailing.png"
+    trailing.write_bytes(_png_with_trailing_chunk(rgb, b"eXIf", exif.tobytes()))
+    files["exif_trailing.png"] = trailing
+    text_after = tmp_path / "text_after.png"
+    text_after.write_bytes(_png_with_trailing_chunk(rgb, b"tEXt", b"Comment\x00after the pixels"))
+    files["text_after.png"] = text_after
+
+    decoded = []
+    real_load = PngImagePlugin.PngImageFile.load
+
+    def counting_load(self):
+        decoded.append(self.filename)
+        return real_load(self)
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", counting_load)
+    expected = {"plain.png": (40, 56), "exif_header.png": (56, 40), "xmp_header.png": (56, 40),
+                "exif_trailing.png": (56, 40), "text_after.png": (40, 56)}
+    for name, path in files.items():
+        decoded.clear()
+        assert probe_image(path) == expected[name], name
+        # Only metadata stored after the pixels makes the probe decode (Pillow reads it only then).
+        assert bool(decoded) == (name in ("exif_trailing.png", "text_after.png")), name
+        assert load_image(path).size[::-1] == expected[name], name
+
+
 def test_palette_and_cmyk(tmp_path, rgb):
     assert load_image(save(Image.fromarray(rgb).convert("P"), tmp_path / "p.png")).mode == "RGB"
     assert load_image(save(Image.fromarray(rgb).convert("CMYK"), tmp_path / "c.jpg")).mode == "RGB"

@@ -86,6 +86,20 @@ def test_big_images_are_bit_identical_in_lockstep(tiny_model):
     assert torch.equal(out.fidelity_raw, dist)
 
 
+def test_heap_trimmed_for_big_images_only(tiny_model, monkeypatch):
+    """Trimming the heap is for images with many tokens each; a batch of small images (many tokens in total) skips
+    it, since every trimmed page is faulted back in by the next block."""
+    calls = []
+    monkeypatch.setattr(afine_modeling, "_release_free_heap", lambda: calls.append(1))
+    monkeypatch.setattr(afine_modeling, "_TRIM_TOKENS", 26)  # 160x160 -> 5x5 patches + CLS = 26 tokens
+    with torch.no_grad():
+        tiny_model(*images(40, 40, size=(64, 64)))  # 80 images of 5 tokens: 400 tokens in all
+        assert calls == []
+        tiny_model(*images(1, 1, size=(160, 160)))
+    # Before the embedding and before each block, in every pass over the big images.
+    assert len(calls) >= 1 + TINY["num_hidden_layers"] and len(calls) % (1 + TINY["num_hidden_layers"]) == 0
+
+
 def test_encoding_without_statistics_still_scores(tiny_model):
     """An encoding built by hand (only pixels, features, naturalness) gives the same numbers."""
     dis, ref = images(2, 1)
