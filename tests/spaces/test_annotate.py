@@ -177,7 +177,10 @@ def _label_all_through_client(url, annotator, errors):
     from gradio_client import Client
 
     try:
-        client = Client(url, verbose=False)
+        # download_files=False: this test is about labels. Two sessions showing the same image make gradio
+        # rewrite the same cache file while the other session's download reads it (a gradio race, seen here as
+        # "peer closed connection" under a loaded test run), which would fail the test for a reason it does not test.
+        client = Client(url, verbose=False, download_files=False)
         # the app keeps the current pair in the session state; the client keeps the session. The annotator
         # always answers "left is better"; the test checks each label against the side the pair was shown on.
         _, _, text = client.predict(annotator, api_name="/start")
