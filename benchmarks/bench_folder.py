@@ -10,12 +10,12 @@ in one run on the same machine:
   scorer, N thr  the same with N background decoding threads (what `afine score` uses)
   CLI            `afine score --pairs CSV --output JSONL -q` in a fresh process: wall time, and wall time minus
                  the start-up + model loading of a one-pair run (the scoring part)
+  afine --help   start-up of the command line in a fresh process (it imports neither torch nor transformers)
 
 The pairs are split into ``--rounds`` chunks (whole reference groups); each round runs the pure model and both
 scorer rows on its chunk, one after the other, and the rows' times are summed over the rounds. A machine whose
 speed drifts during the run then moves all three rows alike; the range of the per-round ratios is printed. The
 CLI runs once over all pairs afterwards and is compared with the summed pure-model time.
-  afine --help   start-up of the command line in a fresh process (it imports neither torch nor transformers)
 
 Every time is also given as a ratio to the pure-model time (1.00 = decoding and I/O fully hidden). The
 model is the full-size ViT-B/32 A-FINE with random weights unless --model gives converted weights (the
@@ -211,10 +211,7 @@ def main() -> None:
             print(f"  round {k + 1}/{len(chunks)}: " + ", ".join(f"{n} {v[-1]:.1f} s" for n, v in per_round.items()), file=sys.stderr)
         rows = [(name, sum(times)) for name, times in per_round.items()]
         pure = rows[0][1]
-        spread = {
-            name: (min(t / p for t, p in zip(times, per_round[names[0]])), max(t / p for t, p in zip(times, per_round[names[0]])))
-            for name, times in per_round.items()
-        }
+        ratios = {name: [t / p for t, p in zip(times, per_round[names[0]])] for name, times in per_round.items()}
         if not args.skip_cli:
             one = folder / "one.csv"
             one.write_text("\n".join(csv.read_text().splitlines()[:2]) + "\n")
@@ -231,8 +228,8 @@ def main() -> None:
             f"{os.cpu_count()} CPUs"
         )
         for name, seconds in rows:
-            shown = name in spread and name != names[0] and len(chunks) > 1
-            lo_hi = f"   rounds {spread[name][0]:.2f}-{spread[name][1]:.2f}x" if shown else ""
+            shown = name in names[1:] and len(chunks) > 1
+            lo_hi = f"   rounds {min(ratios[name]):.2f}-{max(ratios[name]):.2f}x" if shown else ""
             print(f"  {name:<48} {seconds:9.2f} s   {seconds / pure:5.2f}x pure model{lo_hi}")
         print(f"  {'afine --help (fresh process, median of 5)':<48} {help_seconds():9.3f} s")
     finally:

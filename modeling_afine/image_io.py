@@ -365,27 +365,39 @@ def _reason(exc: BaseException) -> str:
     return text
 
 
+def _png_chunks(fp: IO[bytes]) -> Iterator[tuple[bytes, int]]:
+    """The chunks of a PNG as ``(type, data length)``, from the first after the signature to a cut-off header.
+
+    At each yield ``fp`` stands at the chunk's data; the caller may read some of it, and the next step seeks past
+    the rest (and the CRC) from the data's start, so only headers are read unless the caller reads data.
+    """
+    fp.seek(8)
+    while True:
+        head = fp.read(8)
+        if len(head) < 8:
+            return
+        length, kind = struct.unpack(">I4s", head)
+        start = fp.tell()
+        yield kind, length
+        fp.seek(start + length + 4)
+
+
 def _png_metadata_after_pixels(fp: IO[bytes]) -> bool:
     """True when a PNG has chunks other than IDAT/IEND after its first IDAT (or its chunk list is unreadable).
 
-    Reads only the 8-byte chunk headers, seeking over the data; the file position is restored.
+    Reads only the 8-byte chunk headers; the file position is restored.
     """
     position = fp.tell()
     try:
-        fp.seek(8)
         seen_idat = False
-        while True:
-            head = fp.read(8)
-            if len(head) < 8:
-                return True
-            length, kind = struct.unpack(">I4s", head)
+        for kind, _ in _png_chunks(fp):
             if kind == b"IEND":
                 return False
             if kind == b"IDAT":
                 seen_idat = True
             elif seen_idat:
                 return True
-            fp.seek(length + 4, io.SEEK_CUR)
+        return True
     finally:
         fp.seek(position)
 
@@ -452,17 +464,13 @@ def _png_rows_check(fp: IO[bytes], image: ImageFile.ImageFile, name: str) -> Non
 
     inflater = zlib.decompressobj()
     produced = 0
-    fp.seek(8)
     seen_idat = False
-    while produced < needed and not inflater.eof:
-        head = fp.read(8)
-        if len(head) < 8:
-            break  # Pillow reports the cut-off file itself
-        length, kind = struct.unpack(">I4s", head)
+    for kind, length in _png_chunks(fp):  # a cut-off chunk header ends it: Pillow reports that file itself
+        if produced >= needed or inflater.eof:
+            break
         if kind != b"IDAT":
             if seen_idat or kind == b"IEND":
                 break
-            fp.seek(length + 4, io.SEEK_CUR)
             continue
         seen_idat = True
         remaining = length
@@ -478,7 +486,6 @@ def _png_rows_check(fp: IO[bytes], image: ImageFile.ImageFile, name: str) -> Non
                     data = inflater.unconsumed_tail
             except zlib.error:
                 return  # corrupt stream: Pillow's decoder reports it
-        fp.seek(remaining + 4, io.SEEK_CUR)
     if produced >= needed:
         return
     if interlace:
