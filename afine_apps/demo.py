@@ -153,7 +153,8 @@ def build_demo(scorer, *, title: str = TITLE, examples: Optional[Sequence[Sequen
     @gpu
     def _rank(files, ref, resize):
         try:
-            rows = rank_gallery(scorer, files or [], ref, resize, max_images=gallery_limit, max_pixels=max_pixels(device))
+            rows = rank_gallery(scorer, files or [], ref, resize, max_images=max_gallery_images(),
+                                max_pixels=max_pixels(device))
         except _INPUT_ERRORS as exc:
             raise user_error(exc) from exc
         table = pd.DataFrame([[r[c] for c in COLUMNS] for r in rows], columns=list(COLUMNS))

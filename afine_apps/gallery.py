@@ -86,7 +86,7 @@ def ranking_csv(rows: Sequence[dict]) -> str:
     Names are text cells escaped against formula injection (:func:`spreadsheet_text`); the numbers are plain
     numbers (``repr`` of the float, e.g. ``-1.2345678``)."""
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    writer = csv.writer(buf, lineterminator="\r\n")  # RFC 4180; a CR inside a name gets quoted
     writer.writerow(COLUMNS)
     for row in rows:
         writer.writerow([int(row["rank"]), spreadsheet_text(row["name"])] + [repr(float(row[f])) for f in FIELDS])
