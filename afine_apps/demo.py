@@ -171,8 +171,13 @@ def build_demo(scorer, *, title: str = TITLE, examples: Optional[Sequence[Sequen
         return n, f"### Naturalness N = {n:.4f}\n\nCalibrated to (-2, 2); lower is more natural."
 
     def number(label: str):
-        # empty, not 0, until there is a result: 0 would read as a perfect score on a lower-is-better scale
-        return gr.Number(value=None, label=label, precision=4, placeholder="–", interactive=False)
+        """A result box that is empty, not 0, until there is a result (0 reads as a perfect score on a
+        lower-is-better scale). gradio 6.31's Number front end turns a null value into 0 (``value ??= 0``), so
+        the initial value sent to the page is an empty string, which the browser's number input shows as empty;
+        results and the API are ordinary floats."""
+        box = gr.Number(value=None, label=label, precision=4, interactive=False)
+        box.value = ""
+        return box
 
     example_sets = []
     with gr.Blocks(title=title, delete_cache=(min(ttl, 600), ttl)) as demo:
