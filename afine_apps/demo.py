@@ -47,6 +47,7 @@ from .launching import (  # noqa: E402
     LOWER_IS_BETTER,
     base_parser,
     cache_ttl,
+    files_input,
     image_input,
     launch,
     load_scorer,
@@ -227,8 +228,7 @@ def build_demo(scorer, *, title: str = TITLE, examples: Optional[Sequence[Sequen
                           api_name="compare")
         with gr.Tab("Rank a gallery"):
             with gr.Row():
-                files = gr.File(file_count="multiple", file_types=["image"], type="filepath",
-                                label=f"Candidates (the images under test; at most {gallery_limit})")
+                files = files_input(f"Candidates (the images under test; at most {gallery_limit})")
                 gref = image_input("Reference")
             gresize = gr.Checkbox(value=False, label=RESIZE_LABEL)
             gbutton = gr.Button("Rank", variant="primary")

@@ -57,6 +57,8 @@ __all__ = [
     "launch",
     "user_error",
     "serve",
+    "image_input",
+    "files_input",
 ]
 
 LOWER_IS_BETTER = (
@@ -332,6 +334,30 @@ def image_input(label: str, **kwargs):
         if payload is None or payload.path is None:
             return gradio_preprocess(payload)
         return str(payload.path)
+
+    component.preprocess = preprocess
+    return component
+
+
+def files_input(label: str, **kwargs):
+    """A multiple-file upload component that hands the handler the uploaded files' paths, in upload order.
+
+    ``gr.File(type="filepath")``'s own ``preprocess`` (gradio 6.31) creates an empty, never deleted
+    ``NamedTemporaryFile`` in gradio's cache for every file of every request (and leaves its descriptor open),
+    so a long-running Space's cache would grow without bound; this one only reads the paths. Decoding and
+    its checks stay with :func:`load_upload`. (The instance's method is replaced, as in :func:`image_input`.)
+    """
+    import gradio as gr
+
+    kwargs.setdefault("file_types", ["image"])
+    component = gr.File(file_count="multiple", type="filepath", label=label, **kwargs)
+
+    def preprocess(payload):
+        if payload is None:
+            return None
+        files = getattr(payload, "root", None)
+        files = files if isinstance(files, list) else [payload]
+        return [str(f.path) for f in files]
 
     component.preprocess = preprocess
     return component

@@ -606,7 +606,7 @@ def test_gallery_count_is_limited_before_decoding(guarded_demo, gallery_pngs, mo
     assert not reads
 
 
-def test_ranking_csv_stays_in_the_apps_cleaned_folder(guarded_demo, gallery_pngs, tmp_path):
+def test_ranking_csv_stays_in_the_apps_cleaned_folder(guarded_demo, gallery_pngs, tmp_path, monkeypatch):
     import glob
     import tempfile
 
@@ -617,6 +617,9 @@ def test_ranking_csv_stays_in_the_apps_cleaned_folder(guarded_demo, gallery_pngs
     demo, url = guarded_demo
     assert demo.delete_cache == (600, 3600)
     before = set(glob.glob(os.path.join(tempfile.gettempdir(), "afine-ranking-*.csv")))
+    made = []
+    original_ntf = tempfile.NamedTemporaryFile
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", lambda *a, **k: made.append(k.get("dir")) or original_ntf(*a, **k))
     ups = [_upload(url, gallery_pngs[n]) for n in ("blurred", "clean")]
     event, payload = _http_call(url, "rank", [ups, _upload(url, gallery_pngs["reference"]), False])
     assert event == "complete", payload
@@ -624,6 +627,8 @@ def test_ranking_csv_stays_in_the_apps_cleaned_folder(guarded_demo, gallery_pngs
     folder = demo._afine_results.path
     assert Path(csv_path).parent.parent == folder and str(folder).startswith(os.path.realpath(get_upload_folder()))
     assert set(glob.glob(os.path.join(tempfile.gettempdir(), "afine-ranking-*.csv"))) == before
+    # gr.File's own preprocess would leave an empty, untracked tmpXXXX file in the cache per candidate
+    assert get_upload_folder() not in made
     # pruning: files older than the time to live go, fresh ones stay
     results = ResultFolder(ttl=100, root=str(tmp_path))
     old = results.new_file("a.csv", "x")
