@@ -88,9 +88,16 @@ class UploadGuard:
                 keep.update(p for p in self._examples if p not in keep)
 
     def _uploaded(self, path: str) -> bool:
+        from gradio.utils import get_upload_folder
+
         uploads = getattr(self.blocks, "upload_file_set", None) or set()
         target = _norm(path)
-        return any(_norm(p) == target for p in list(uploads))
+        if target in uploads:
+            return True
+        folder = get_upload_folder()
+        if folder == _norm(folder):  # gradio records absolute, normalised upload paths: nothing else can match
+            return False
+        return any(_norm(p) == target for p in list(uploads))  # a relative $GRADIO_TEMP_DIR
 
     def allowed(self, path: Any) -> bool:
         """Whether ``path`` is an upload to this app or one of its examples (no file-system access)."""
