@@ -265,14 +265,19 @@ def client_message(message: str, path=None) -> str:
 
     global _SETTING_HINT
     if _SETTING_HINT is None:
-        _SETTING_HINT = re.compile(r"[:;,]?\s*(?:\(|set\s+)?\b[A-Z][A-Z0-9]*_[A-Z0-9_]+\b(?:=\S*)?.*$")
-    if isinstance(path, (str, os.PathLike)):
+        _SETTING_HINT = re.compile(r"[:;,]?\s*\bset\s+[A-Z][A-Z0-9]*_[A-Z0-9_]+\b.*$", re.DOTALL)
+    prefix, rest = "", message
+    if isinstance(path, (str, os.PathLike)) and os.fspath(path):
         full = os.fspath(path)
         name = os.path.basename(full) or "upload"
-        for form in {full, os.path.abspath(full)}:
-            message = message.replace(form, name)
-    message = _SETTING_HINT.sub("", message).rstrip(" ;,:")
-    return html.escape(message, quote=False)
+        for form in (full, os.path.abspath(full)):
+            if rest.startswith(form):
+                prefix, rest = name, rest[len(form):]
+                break
+        rest = rest.replace(os.path.abspath(full), name).replace(full, name)
+    rest = _SETTING_HINT.sub("", rest)
+    rest = re.sub(r"\bAFINE_[A-Z0-9_]+\b(?:=\S*)?", "a server setting", rest).rstrip(" ;,:")
+    return html.escape(prefix + rest, quote=False)
 
 
 def model_queue(demo, concurrency: Optional[int] = None):

@@ -661,3 +661,28 @@ def test_ranking_csv_escapes_formulas_but_keeps_numbers():
         assert int(row[0]) == original["rank"]
         assert float(row[2]) == original["score"] and float(row[6]) == -1e-7  # numbers stay numbers
         assert not row[2].startswith("'")
+
+
+def test_client_message_keeps_the_name_and_drops_server_details(tmp_path):
+    """Every loader message, as a client sees it: the upload name (even one that looks like a setting), no server
+    path, no setting name; the pixel limit itself stays in the message."""
+    from modeling_afine.image_io import ImageLoadError, load_image
+
+    from afine_apps.launching import client_message
+    from tests.hostile_corpus import png_bytes
+
+    folder = tmp_path / "server" / "cache"
+    folder.mkdir(parents=True)
+    big = folder / "MY_PHOTO_AFINE.png"
+    big.write_bytes(png_bytes(3000, 3000, 1))
+    cut = folder / "cut.png"
+    cut.write_bytes(png_bytes(64, 64, 64)[:-30])
+    for path, kwargs, must in ((big, {"max_pixels": 1000}, "exceeds the limit of 1,000 pixels"),
+                               (cut, {}, "truncated")):
+        with pytest.raises(ImageLoadError) as info:
+            load_image(path, **kwargs)
+        raw = str(info.value)
+        assert str(folder) in raw and "AFINE_" in raw.replace(path.name, "")  # the library's message, for a CLI
+        shown = client_message(raw, str(path))
+        assert shown.startswith(path.name + ": ") and must in shown, shown
+        assert str(tmp_path) not in shown and "AFINE_" not in shown.replace(path.name, ""), shown
