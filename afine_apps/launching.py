@@ -68,7 +68,8 @@ LOWER_IS_BETTER = (
 
 #: Upload limit of the apps on a GPU (pixels); the library's own limit is much higher.
 DEFAULT_MAX_PIXELS = 4096 * 4096
-#: Upload limit per CPU core on CPU hardware: about 10 s of A-FINE per image on one busy core.
+#: Upload limit per CPU core on CPU hardware. Scaled from issue 18's measurement (4096 x 4096 = 16.8 Mpx took
+#: 159 s on 2 cores, about 9.5 s per Mpx): a 2-core Space spends about 20 s on its largest accepted image.
 CPU_PIXELS_PER_CORE = 1 << 20
 #: Upload limit on CPU hardware whatever the core count (below 4096 x 4096: that upload took 159 s on 2 cores).
 CPU_MAX_PIXELS = 8 << 20

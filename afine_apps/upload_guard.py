@@ -22,8 +22,9 @@ added later) goes through, and checks each file input twice:
   example, or (for an input that held a vetted URL) a file gradio downloaded into its cache for that component.
 
 Every refusal is one :class:`gradio.Error` with the same text (:data:`REFUSED`), whatever the path and whether or
-not it exists: no file-system oracle, no server path, nothing of the file's content. Nothing outside the list is
-opened, stat-ed or served back (the comparison slider only ever shows the request's own uploads).
+not it exists: no file-system oracle, no server path, nothing of the file's content. The checks themselves touch
+no file (they compare normalised path strings), so nothing outside the list is opened or served back (the
+comparison slider only ever shows the request's own uploads).
 
 Text inputs are checked at the same boundary: a ``gr.Textbox`` with ``max_length`` refuses longer text on the
 server (gradio enforces ``max_length`` only in the browser), and checkboxes/numbers must carry a bool/number.
