@@ -80,13 +80,15 @@ class UploadGuard:
                 if isinstance(value, (str, os.PathLike)) and os.path.isfile(value):
                     self._examples.add(_norm(os.fspath(value)))
         processed = getattr(examples, "non_none_processed_examples", None)
+        cached: set[str] = set()
         for value in (processed.values() if hasattr(processed, "values") else []):
             for path in _file_paths(value):
+                cached.update((path, _norm(path)))
                 self._examples.add(_norm(path))
         for component in getattr(examples, "inputs", None) or []:
             keep = getattr(component, "keep_in_cache", None)
             if isinstance(keep, set):  # the cached copies outlive delete_cache, or the examples stop working
-                keep.update(p for p in self._examples if p not in keep)
+                keep.update(cached)
 
     def _uploaded(self, path: str) -> bool:
         from gradio.utils import get_upload_folder

@@ -686,3 +686,19 @@ def test_client_message_keeps_the_name_and_drops_server_details(tmp_path):
         shown = client_message(raw, str(path))
         assert shown.startswith(path.name + ": ") and must in shown, shown
         assert str(tmp_path) not in shown and "AFINE_" not in shown.replace(path.name, ""), shown
+
+
+def test_examples_survive_cache_cleaning(guarded_demo):
+    """delete_cache removes old uploads but keeps gradio's copies of the examples, and the examples' hidden endpoint
+    accepts those copies (what the page sends when the example is clicked)."""
+    from gradio.route_utils import delete_files_created_by_app
+
+    demo, url = guarded_demo
+    guard = demo._afine_upload_guard
+    copies = [p for p in guard._examples if "spaces" not in p]
+    assert len(copies) == 2 and all(os.path.isfile(p) for p in copies)
+    delete_files_created_by_app(demo, age=None)  # what delete_cache does, with every file old enough
+    assert all(os.path.isfile(p) for p in copies)
+    dis, ref = sorted(copies, key=os.path.basename)  # .../distorted.png, .../reference.png
+    event, payload = _http_call(url, "score_example", [{"path": dis, "meta": META}, {"path": ref, "meta": META}])
+    assert event == "complete", payload
