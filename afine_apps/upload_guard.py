@@ -79,16 +79,10 @@ class UploadGuard:
             for value in sample if isinstance(sample, (list, tuple)) else [sample]:
                 if isinstance(value, (str, os.PathLike)) and os.path.isfile(value):
                     self._examples.add(_norm(os.fspath(value)))
-        processed = getattr(examples, "non_none_processed_examples", None)
-        cached: set[str] = set()
+        processed = getattr(examples, "non_none_processed_examples", None)  # (gradio keeps these out of delete_cache)
         for value in (processed.values() if hasattr(processed, "values") else []):
             for path in _file_paths(value):
-                cached.update((path, _norm(path)))
                 self._examples.add(_norm(path))
-        for component in getattr(examples, "inputs", None) or []:
-            keep = getattr(component, "keep_in_cache", None)
-            if isinstance(keep, set):  # the cached copies outlive delete_cache, or the examples stop working
-                keep.update(cached)
 
     def _uploaded(self, path: str) -> bool:
         from gradio.utils import get_upload_folder
