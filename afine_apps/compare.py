@@ -17,8 +17,9 @@ The demo's "A vs B" tab. Both candidates are scored against the reference (encod
 from __future__ import annotations
 
 import math
+from typing import Optional
 
-from .launching import load_upload
+from .launching import load_upload, markdown_text, probe_uploads
 from .pair import FIELDS, RESIZE_LABEL
 
 __all__ = ["compare_pair", "verdict_markdown", "p_first_better"]
@@ -35,16 +36,17 @@ def p_first_better(raw_first: float, raw_second: float) -> float:
 
 
 def compare_pair(scorer, candidate_a, candidate_b, reference, resize_reference: bool = False,
-                 name_a: str = "A", name_b: str = "B") -> dict:
+                 name_a: str = "A", name_b: str = "B", *, max_pixels: Optional[int] = None) -> dict:
     """Score two candidates against one reference; the lower ``score`` wins.
 
     Returns ``{"preferred": "A"|"B"|"tie", "preferred_name", "p_a_better", "A": {...}, "B": {...},
     "differences": {...}, "names": {"A": name_a, "B": name_b}}``. Raises ``ValueError`` for missing images
     or a size mismatch (each candidate must have the reference's size unless ``resize_reference``).
     """
-    a = load_upload(candidate_a, "candidate A")
-    b = load_upload(candidate_b, "candidate B")
-    ref = load_upload(reference, "reference")
+    probe_uploads([(candidate_a, "candidate A"), (candidate_b, "candidate B"), (reference, "reference")], max_pixels)
+    a = load_upload(candidate_a, "candidate A", limit=max_pixels)
+    b = load_upload(candidate_b, "candidate B", limit=max_pixels)
+    ref = load_upload(reference, "reference", limit=max_pixels)
     if not resize_reference:
         for tag, img in (("A", a), ("B", b)):
             if img.size != ref.size:
@@ -84,7 +86,7 @@ def compare_pair(scorer, candidate_a, candidate_b, reference, resize_reference: 
 
 def verdict_markdown(result: dict) -> str:
     """Human-readable verdict and decomposition table for :func:`compare_pair`'s result."""
-    names = result["names"]
+    names = {k: markdown_text(v) for k, v in result["names"].items()}  # user text: shown, never rendered
     d = result["differences"]
     if result["preferred"] == "tie":
         head = f"### Tie: {names['A']} and {names['B']} get the same A-FINE score"

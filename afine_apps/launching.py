@@ -8,11 +8,17 @@ Every Space in ``spaces/`` reads its settings from the environment (a Space has 
 ``AFINE_DEVICE``            ``cpu``, ``cuda``, ... (default: best available; ``cuda`` on ZeroGPU)
 ``AFINE_DTYPE``             backbone dtype ``float32`` (default), ``bfloat16``, ``float16``
 ``AFINE_BATCH_SIZE``        images per forward pass (default 8)
-``AFINE_MAX_IMAGE_PIXELS`` uploads with more pixels (width x height) are refused before decoding
-                            (default 16,777,216 = 4096 x 4096 in the apps; the same variable sets
-                            the library's own, higher default limit)
-``AFINE_CONCURRENCY``       how many requests run at once (gradio queue concurrency limit, default 1)
-``AFINE_QUEUE_SIZE``        how many requests may wait (default 32)
+``AFINE_MAX_IMAGE_PIXELS`` uploads with more pixels (width x height) are refused from the header, before
+                            decoding (default: sized to the hardware, :func:`hardware_pixel_budget`:
+                            1,048,576 per CPU core, at most 8,388,608, so 2,097,152 on a free CPU
+                            Space with 2 vCPUs; 16,777,216 = 4096 x 4096 on a GPU; the same variable
+                            sets the library's own, higher default limit)
+``AFINE_MAX_GALLERY_IMAGES`` candidates per gallery ranking (default 16), checked before decoding
+``AFINE_CONCURRENCY``       how many model runs at once, across all endpoints of the demo (one shared
+                            gradio concurrency id, :data:`MODEL_QUEUE`; default 1)
+``AFINE_QUEUE_SIZE``        how many requests may wait (default 32; gradio 6.31 has no per-client share)
+``AFINE_CACHE_TTL``         seconds an upload or result file stays in gradio's cache (``delete_cache``;
+                            default 3600)
 ``GRADIO_SERVER_NAME``      host (default ``0.0.0.0`` inside a Space, ``127.0.0.1`` elsewhere)
 ``GRADIO_SERVER_PORT``      port (default 7860)
 ==========================  ==========================================================================
@@ -21,6 +27,7 @@ Every Space in ``spaces/`` reads its settings from the environment (a Space has 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 from typing import Optional, Sequence
 
@@ -29,7 +36,18 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 __all__ = [
     "LOWER_IS_BETTER",
     "DEFAULT_MAX_PIXELS",
+    "CPU_PIXELS_PER_CORE",
+    "CPU_MAX_PIXELS",
+    "MODEL_QUEUE",
     "max_pixels",
+    "hardware_pixel_budget",
+    "available_cpus",
+    "max_gallery_images",
+    "cache_ttl",
+    "model_queue",
+    "client_message",
+    "probe_uploads",
+    "markdown_text",
     "default_host",
     "base_parser",
     "scorer_from_env",
@@ -39,6 +57,8 @@ __all__ = [
     "launch",
     "user_error",
     "serve",
+    "image_input",
+    "files_input",
 ]
 
 LOWER_IS_BETTER = (
@@ -46,8 +66,17 @@ LOWER_IS_BETTER = (
     "`naturalness` values are calibrated to (-2, 2); `score_raw` = λ·N(distorted) + F is unbounded."
 )
 
-#: Default upload limit of the apps (pixels); the library's own limit is much higher.
+#: Upload limit of the apps on a GPU (pixels); the library's own limit is much higher.
 DEFAULT_MAX_PIXELS = 4096 * 4096
+#: Upload limit per CPU core on CPU hardware. Scaled from issue 18's measurement (4096 x 4096 = 16.8 Mpx took
+#: 159 s on 2 cores, about 9.5 s per Mpx): a 2-core Space spends about 20 s on its largest accepted image.
+CPU_PIXELS_PER_CORE = 1 << 20
+#: Upload limit on CPU hardware whatever the core count (below 4096 x 4096: that upload took 159 s on 2 cores).
+CPU_MAX_PIXELS = 8 << 20
+#: Default number of candidates of one gallery ranking.
+DEFAULT_MAX_GALLERY_IMAGES = 16
+#: The gradio concurrency id shared by every event that runs the model (one model run at a time by default).
+MODEL_QUEUE = "afine-model"
 #: Upload limit in bytes handed to ``launch(max_file_size=...)``.
 MAX_FILE_SIZE = os.environ.get("AFINE_MAX_FILE_SIZE", "64mb")
 
@@ -62,9 +91,78 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"${name} must be an integer, got {value!r}") from None
 
 
-def max_pixels() -> int:
-    """The apps' upload limit in pixels: ``$AFINE_MAX_IMAGE_PIXELS`` or :data:`DEFAULT_MAX_PIXELS`."""
-    return _env_int("AFINE_MAX_IMAGE_PIXELS", DEFAULT_MAX_PIXELS)
+@functools.lru_cache(maxsize=1)
+def available_cpus() -> int:
+    """CPU cores this process may use: the affinity mask, lowered by a cgroup CPU quota (a Space's vCPUs).
+    Read once per process."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    quota = None
+    try:  # cgroup v2: "max 100000" or "200000 100000"
+        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as fh:
+            limit, period = fh.read().split()[:2]
+        if limit != "max":
+            quota = int(limit) / int(period)
+    except (OSError, ValueError):
+        try:  # cgroup v1
+            with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", encoding="ascii") as fh:
+                limit_us = int(fh.read())
+            with open("/sys/fs/cgroup/cpu/cpu.cfs_period_us", encoding="ascii") as fh:
+                period_us = int(fh.read())
+            if limit_us > 0 and period_us > 0:
+                quota = limit_us / period_us
+        except (OSError, ValueError):
+            pass
+    if quota is not None:
+        cores = min(cores, max(1, int(quota + 0.999)))
+    return max(1, cores)
+
+
+def _uses_gpu(device=None) -> bool:
+    from .zerogpu import on_zerogpu
+
+    if device is not None:
+        return str(device).split(":")[0] in ("cuda", "mps", "xpu")
+    if on_zerogpu():
+        return True
+    import sys
+
+    torch = sys.modules.get("torch")  # only if already imported: deciding a limit must not import torch
+    try:
+        return bool(torch is not None and torch.cuda.is_available())
+    except Exception:  # noqa: BLE001 - a broken CUDA setup means CPU
+        return False
+
+
+def hardware_pixel_budget(device=None) -> int:
+    """The default upload limit (pixels) for the hardware the model runs on.
+
+    On a GPU (``device`` ``cuda``/``mps``, ZeroGPU, or CUDA available when ``device`` is None):
+    :data:`DEFAULT_MAX_PIXELS` (4096 x 4096). On CPU: :data:`CPU_PIXELS_PER_CORE` per available core
+    (:func:`available_cpus`), at most :data:`CPU_MAX_PIXELS`; a free CPU Space (2 vCPUs, 16 GB) gets
+    2,097,152 pixels (1920 x 1080 fits; 4096 x 4096 is refused from its header).
+    """
+    if _uses_gpu(device):
+        return DEFAULT_MAX_PIXELS
+    return min(CPU_MAX_PIXELS, CPU_PIXELS_PER_CORE * available_cpus())
+
+
+def max_pixels(device=None) -> int:
+    """The apps' upload limit in pixels: ``$AFINE_MAX_IMAGE_PIXELS``, else :func:`hardware_pixel_budget`."""
+    value = _env_int("AFINE_MAX_IMAGE_PIXELS", 0)
+    return value if value > 0 else hardware_pixel_budget(device)
+
+
+def max_gallery_images() -> int:
+    """Most candidates of one gallery ranking: ``$AFINE_MAX_GALLERY_IMAGES`` (default 16)."""
+    return max(1, _env_int("AFINE_MAX_GALLERY_IMAGES", DEFAULT_MAX_GALLERY_IMAGES))
+
+
+def cache_ttl() -> int:
+    """Seconds an upload or result file stays in gradio's cache: ``$AFINE_CACHE_TTL`` (default 3600)."""
+    return max(60, _env_int("AFINE_CACHE_TTL", 3600))
 
 
 def default_host() -> str:
@@ -112,16 +210,88 @@ def scorer_from_env():
     return load_scorer(base_parser("A-FINE").parse_args([]))
 
 
-def load_upload(path, what: str):
+def load_upload(path, what: str, *, limit: Optional[int] = None):
     """Decode one uploaded file with the project's one image loader, refusing it before decoding when it has
-    more than :func:`max_pixels` pixels. Raises ``ValueError`` (nothing uploaded) or ``ImageLoadError``."""
-    from modeling_afine.image_io import load_image
+    more than ``limit`` (default :func:`max_pixels`) pixels.
+
+    ``path``: a file path (what the demo's upload boundary, :mod:`afine_apps.upload_guard`, lets through) or a
+    PIL image. Raises ``ValueError`` (nothing uploaded) or ``ImageLoadError`` whose message names the file by
+    its upload name and holds no server path or setting name (:func:`client_message`).
+    """
+    from modeling_afine.image_io import ImageLoadError, load_image
 
     if path is None or (isinstance(path, str) and not path):
         raise ValueError(f"Please upload the {what} image.")
-    if isinstance(path, dict):  # a gradio FileData dict (API clients)
-        path = path.get("path")
-    return load_image(getattr(path, "name", path), max_pixels=max_pixels())
+    source = getattr(path, "name", path) if not hasattr(path, "size") else path
+    try:
+        return load_image(source, max_pixels=limit if limit is not None else max_pixels())
+    except ImageLoadError as exc:
+        raise ImageLoadError(client_message(str(exc), source)) from None
+
+
+def probe_uploads(uploads, limit: Optional[int] = None) -> None:
+    """Check every ``(path, what)`` of one request against the pixel limit from its header, before any of them
+    is decoded (a refused reference costs no decoding of the other images). PIL images and missing uploads
+    are left to :func:`load_upload`. Raises ``ImageLoadError`` with a :func:`client_message`."""
+    from modeling_afine.image_io import ImageLoadError, probe_image
+
+    limit = limit if limit is not None else max_pixels()
+    for path, _what in uploads:
+        source = getattr(path, "name", path)
+        if isinstance(source, (str, os.PathLike)) and os.fspath(source):
+            try:
+                probe_image(source, max_pixels=limit)
+            except ImageLoadError as exc:
+                raise ImageLoadError(client_message(str(exc), source)) from None
+
+
+def markdown_text(text) -> str:
+    """User text (a name) for a Markdown/HTML output: shown literally, never rendered (HTML and Markdown
+    syntax escaped)."""
+    import html
+    import re
+
+    escaped = re.sub(r"([\\`*_{}\[\]()#+\-.!|~])", r"\\\1", str(text))
+    return html.escape(escaped, quote=True).replace("\n", " ").replace("\r", " ")
+
+
+_SETTING_HINT = None
+
+
+def client_message(message: str, path=None) -> str:
+    """``message`` fit for a client: the file named by its upload name (not its server path), without the
+    loader's hints that name server settings (``set AFINE_... to ...``), HTML special characters escaped."""
+    import html
+    import re
+
+    global _SETTING_HINT
+    if _SETTING_HINT is None:
+        _SETTING_HINT = re.compile(r"[:;,]?\s*\bset\s+[A-Z][A-Z0-9]*_[A-Z0-9_]+\b.*$", re.DOTALL)
+    prefix, rest = "", message
+    if isinstance(path, (str, os.PathLike)) and os.fspath(path):
+        full = os.fspath(path)
+        name = os.path.basename(full) or "upload"
+        for form in (full, os.path.abspath(full)):
+            if rest.startswith(form):
+                prefix, rest = name, rest[len(form):]
+                break
+        rest = rest.replace(os.path.abspath(full), name).replace(full, name)
+    rest = _SETTING_HINT.sub("", rest)
+    rest = re.sub(r"\bAFINE_[A-Z0-9_]+\b(?:=\S*)?", "a server setting", rest).rstrip(" ;,:")
+    return html.escape(prefix + rest, quote=False)
+
+
+def model_queue(demo, concurrency: Optional[int] = None):
+    """Put every queued event of ``demo`` under one gradio concurrency id, :data:`MODEL_QUEUE`, limited to
+    ``$AFINE_CONCURRENCY`` (else ``concurrency``, else 1) runs at once: one model run at a time across all
+    endpoints, not per endpoint (gradio's ``default_concurrency_limit`` counts each event on its own)."""
+    limit = max(1, _env_int("AFINE_CONCURRENCY", concurrency or 1))
+    fns = demo.fns.values() if isinstance(demo.fns, dict) else demo.fns
+    for fn in fns:
+        if getattr(fn, "queue", True):
+            fn.concurrency_id = MODEL_QUEUE
+            fn.concurrency_limit = limit
+    return demo
 
 
 def queue(demo, concurrency: int = 1):
@@ -167,9 +337,33 @@ def image_input(label: str, **kwargs):
     gradio_preprocess = component.preprocess
 
     def preprocess(payload):
-        if payload is None or payload.path is None or (payload.url or "").startswith("data:"):
+        if payload is None or payload.path is None:
             return gradio_preprocess(payload)
         return str(payload.path)
+
+    component.preprocess = preprocess
+    return component
+
+
+def files_input(label: str, **kwargs):
+    """A multiple-file upload component that hands the handler the uploaded files' paths, in upload order.
+
+    ``gr.File(type="filepath")``'s own ``preprocess`` (gradio 6.31) creates an empty, never deleted
+    ``NamedTemporaryFile`` in gradio's cache for every file of every request (and leaves its descriptor open),
+    so a long-running Space's cache would grow without bound; this one only reads the paths. Decoding and
+    its checks stay with :func:`load_upload`. (The instance's method is replaced, as in :func:`image_input`.)
+    """
+    import gradio as gr
+
+    kwargs.setdefault("file_types", ["image"])
+    component = gr.File(file_count="multiple", type="filepath", label=label, **kwargs)
+
+    def preprocess(payload):
+        if payload is None:
+            return None
+        files = getattr(payload, "root", None)
+        files = files if isinstance(files, list) else [payload]
+        return [str(f.path) for f in files]
 
     component.preprocess = preprocess
     return component

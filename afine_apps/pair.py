@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from .launching import load_upload
+from typing import Optional
+
+from .launching import load_upload, probe_uploads
 
 __all__ = ["FIELDS", "RESIZE_LABEL", "score_pair", "explain", "naturalness_only", "check_same_size"]
 
@@ -20,15 +22,18 @@ def check_same_size(image, reference, what: str) -> None:
         )
 
 
-def score_pair(scorer, distorted, reference, resize_reference: bool = False) -> dict:
+def score_pair(scorer, distorted, reference, resize_reference: bool = False, *,
+               max_pixels: Optional[int] = None) -> dict:
     """Score one pair; returns the five outputs plus ``adaptive_weight`` as floats.
 
     ``distorted`` / ``reference``: file paths (what Gradio hands over) or PIL images, decoded by the project's
-    image loader under the apps' pixel limit. Raises ``ValueError`` (missing image, size mismatch without
+    image loader under the apps' pixel limit (``max_pixels``, default :func:`afine_apps.launching.max_pixels`),
+    checked from each header before either image is decoded. Raises ``ValueError`` (missing image, size mismatch without
     ``resize_reference``) or ``ImageLoadError`` (naming the file).
     """
-    dis = load_upload(distorted, "distorted (test)")
-    ref = load_upload(reference, "reference")
+    probe_uploads([(distorted, "distorted (test)"), (reference, "reference")], max_pixels)
+    dis = load_upload(distorted, "distorted (test)", limit=max_pixels)
+    ref = load_upload(reference, "reference", limit=max_pixels)
     if not resize_reference:
         check_same_size(dis, ref, "the distorted image")
     out = scorer.score([dis], [ref], resize_reference=bool(resize_reference))
@@ -54,7 +59,7 @@ def explain(values: dict) -> str:
     )
 
 
-def naturalness_only(scorer, image) -> float:
+def naturalness_only(scorer, image, *, max_pixels: Optional[int] = None) -> float:
     """Calibrated no-reference naturalness N in (-2, 2) of one image; lower is better."""
-    return float(scorer.naturalness([load_upload(image, "input")])[0])
+    return float(scorer.naturalness([load_upload(image, "input", limit=max_pixels)])[0])
 

@@ -302,7 +302,10 @@ def _identify(fp: IO[bytes], name: str) -> ImageFile.ImageFile:
             continue
         factory, accept = entry
         if accept is not None:
-            verdict = accept(prefix)
+            try:
+                verdict = accept(prefix)
+            except Exception:  # noqa: BLE001 - a plugin's magic check on a few bytes (DIB's reads 4): not this format
+                continue
             if not verdict or isinstance(verdict, str):
                 continue
         fp.seek(0)
@@ -327,6 +330,12 @@ def _identify(fp: IO[bytes], name: str) -> ImageFile.ImageFile:
             if "truncated" in str(exc).lower() or _container_truncated(fp, fmt):
                 raise ImageLoadError(f"{name}: file is truncated (it ends inside the {fmt} header)") from None
             raise ImageLoadError(f"{name}: cannot read the {fmt} header: {_reason(exc)}") from None
+        except MemoryError:
+            raise ImageLoadError(f"{name}: out of memory reading the {fmt} header") from None
+        except Exception as exc:  # noqa: BLE001 - any other failure of a format plugin is a broken file, not a crash
+            if accept is None:
+                continue
+            raise ImageLoadError(f"{name}: corrupt {fmt} file: {_reason(exc)}") from None
     if failure is not None:
         fmt, exc = failure
         why = "malformed or cut-short header" if isinstance(exc, (IndexError, struct.error)) else _reason(exc)
@@ -612,6 +621,8 @@ def to_rgb8(image: Image.Image, name: str = "<image>") -> Image.Image:
 
 @contextlib.contextmanager
 def _opened(source: Union[PathLike, bytes, bytearray], name: str) -> Iterator[tuple[IO[bytes], ImageFile.ImageFile]]:
+    """The open file and its identified header; any failure inside (a format plugin's ``struct.error``,
+    ``KeyError``, ...) leaves as one :class:`ImageLoadError` naming the file."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise ImageLoadError(f"{name}: empty data (0 bytes)")
@@ -619,7 +630,14 @@ def _opened(source: Union[PathLike, bytes, bytearray], name: str) -> Iterator[tu
     else:
         fp = _open_regular_file(source, name)
     with fp:  # closing the file, not the image: a loaded image keeps its pixels
-        yield fp, _identify(fp, name)
+        try:
+            yield fp, _identify(fp, name)
+        except ImageLoadError:
+            raise
+        except MemoryError:
+            raise ImageLoadError(f"{name}: out of memory reading the image") from None
+        except Exception as exc:  # noqa: BLE001 - a plugin bug on a hostile file is that file's problem
+            raise ImageLoadError(f"{name}: cannot read the image (corrupt or cut short): {_reason(exc)}") from None
 
 
 def probe_image(source: Union[PathLike, bytes], *, max_pixels: Optional[int] = None) -> tuple[int, int]:
@@ -665,7 +683,7 @@ def load_image(
             with _pillow_switches(size=source.size, truncated_ok=truncated_ok):
                 source.load()
                 image = ImageOps.exif_transpose(source) or source
-        except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError) as exc:
+        except Exception as exc:  # noqa: BLE001 - every decoder failure becomes one ImageLoadError naming the file
             raise _decode_error(exc, name) from exc
         return to_rgb8(image, name)
     with _opened(source, name) as (fp, image):
@@ -682,7 +700,7 @@ def load_image(
                 loaded = ImageOps.exif_transpose(image) or image
         except MemoryError as exc:
             raise ImageLoadError(f"{name}: out of memory decoding a {format_size(*image.size)} image") from exc
-        except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, Image.DecompressionBombError) as exc:
+        except Exception as exc:  # noqa: BLE001 - every decoder failure becomes one ImageLoadError naming the file
             if _container_truncated(fp, fmt):
                 raise ImageLoadError(
                     f"{name}: truncated: the file ends before all pixel data ({_reason(exc)}); set "

@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-__all__ = ["Case", "build_corpus", "png_bytes", "png_chunk"]
+__all__ = ["Case", "build_corpus", "build_cut_files", "png_bytes", "png_chunk"]
 
 
 @dataclass
@@ -226,3 +226,73 @@ def build_corpus(folder: Path) -> dict[str, Case]:
         locked.chmod(0)
         cases["unreadable.png"] = Case(locked, "error", "permission denied")
     return cases
+
+
+# first bytes of the formats the loader tries (and of DIB, whose magic check reads 4 bytes)
+_MAGIC_STARTS = (
+    b"BM", b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"II*\x00", b"MM\x00*", b"P6\n", b"P5", b"RIFF", b"\x00\x00\x00\x0cjP",
+    b"\x28\x00\x00\x00", b"\x59\xa6\x6a\x95", b"\x00\x00\x02\x00", b"\x00\x00\x00 ftypavif", b"%!PS", b"8BPS",
+)
+
+
+def build_cut_files(folder: Path) -> list[Path]:
+    """Tiny and cut-short files, each of which the loader must refuse with one ``ImageLoadError`` (or load):
+
+    * every 1-, 2- and 3-byte prefix of the format magics above, plus a few fixed bytes (``\\x00``, ``\\xff``);
+    * every well-formed file of the corpus's formats (PNG, JPEG, progressive JPEG, BMP, GIF, TIFF both byte
+      orders, PPM, TGA, WebP, JPEG 2000 when the codecs are there) cut after each of its first 64 bytes.
+
+    About 1,000 files of at most 64 bytes; written in a fraction of a second.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+
+    def write(name: str, data: bytes) -> None:
+        path = folder / name
+        path.write_bytes(data)
+        paths.append(path)
+
+    tiny = {magic[:n] for magic in _MAGIC_STARTS for n in (1, 2, 3)}
+    tiny |= {bytes([b]) * n for b in (0, 0x20, 0xFF) for n in (1, 2, 3)}
+    for k, data in enumerate(sorted(tiny)):
+        write(f"tiny_{len(data)}b_{k}.img", data)
+
+    rgb = Image.fromarray(_gradient(24, 16, seed=3))
+    full = {
+        "png": _encode(rgb, "PNG"),
+        "jpg": _encode(rgb, "JPEG", quality=90),
+        "progressive.jpg": _encode(rgb, "JPEG", progressive=True),
+        "bmp": _encode(rgb, "BMP"),
+        "gif": _encode(rgb.convert("P"), "GIF"),
+        "tif": _encode(rgb, "TIFF"),
+        "be.tif": _tiff_big_endian(rgb),
+        "ppm": _encode(rgb, "PPM"),
+        "tga": _encode(rgb, "TGA"),
+        "rle.tga": _encode(rgb, "TGA", compression="tga_rle"),
+    }
+    for fmt, kwargs in (("WEBP", {"lossless": True}), ("JPEG2000", {})):
+        try:
+            full[fmt.lower()] = _encode(rgb, fmt, **kwargs)
+        except (OSError, KeyError):  # codec not built into this Pillow
+            pass
+    for ext, data in full.items():
+        for cut in range(1, min(64, len(data) - 1) + 1):
+            write(f"cut_{cut:02d}_of.{ext}", data[:cut])
+    return paths
+
+
+def _tiff_big_endian(image: Image.Image) -> bytes:
+    """A minimal uncompressed big-endian (``MM``) RGB TIFF, written by hand (Pillow writes little-endian)."""
+    width, height = image.size
+    pixels = image.tobytes()
+    entries = [(256, 3, 1, width), (257, 3, 1, height), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 2),
+               (273, 4, 1, 0), (277, 3, 1, 3), (278, 3, 1, height), (279, 4, 1, len(pixels))]
+    ifd_at = 8
+    data_at = ifd_at + 2 + 12 * len(entries) + 4
+    out = bytearray(b"MM\x00*" + struct.pack(">I", ifd_at) + struct.pack(">H", len(entries)))
+    for tag, typ, count, value in entries:
+        value = data_at if tag == 273 else value
+        packed = struct.pack(">HH", value, 0) if typ == 3 else struct.pack(">I", value)
+        out += struct.pack(">HHI", tag, typ, count) + packed
+    return bytes(out + struct.pack(">I", 0) + pixels)

@@ -2,7 +2,8 @@
 
 Settings from the environment: AFINE_MODEL (converted dir, Hub repo id or afine.pth; default weights
 otherwise), AFINE_DEVICE, AFINE_DTYPE, AFINE_BATCH_SIZE, AFINE_MAX_IMAGE_PIXELS (uploads refused above it, before
-decoding), AFINE_CONCURRENCY (requests run at once), GRADIO_SERVER_NAME/PORT. See docs/spaces.md.
+decoding; default sized to the hardware), AFINE_MAX_GALLERY_IMAGES, AFINE_CONCURRENCY (model runs at once across
+all endpoints), AFINE_QUEUE_SIZE, AFINE_CACHE_TTL, GRADIO_SERVER_NAME/PORT. See docs/spaces.md.
 """
 
 try:  # Hugging Face's ZeroGPU package must be imported before torch when it is there

@@ -30,7 +30,7 @@ from modeling_afine.image_io import (
 )
 from modeling_afine.scoring import AfineScorer
 
-from ..hostile_corpus import build_corpus, png_bytes
+from ..hostile_corpus import build_corpus, build_cut_files, png_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 # Every case the factory can write; platform-dependent ones (FIFO, /dev/zero, permission) may be absent.
@@ -250,6 +250,35 @@ def test_odd_names(tmp_path):
     with pytest.raises(ImageLoadError, match=str(plain / "x.png")):
         load_image(plain / "x.png")  # a path through a regular file
 
+
+
+def test_tiny_and_cut_files_raise_only_image_load_error(tmp_path):
+    """1-3 byte files and every format's header cut after each of its first 64 bytes: a format plugin's own
+    failure (e.g. DIB's magic check raising struct.error on 3 bytes) never escapes as anything but one
+    ImageLoadError line naming the file. No cut file holds its pixels, so load_image refuses every one;
+    probe_image may read a complete header."""
+    paths = build_cut_files(tmp_path)
+    assert len(paths) > 700 and {p.suffix for p in paths} >= {".png", ".jpg", ".bmp", ".gif", ".tif", ".ppm", ".tga"}
+    assert {p.stat().st_size for p in paths if p.name.startswith("tiny_")} == {1, 2, 3}
+    start = time.perf_counter()
+    probed = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's "Corrupt EXIF data" UserWarning on cut TIFFs
+        for path in paths:
+            with pytest.raises(ImageLoadError) as info:
+                load_image(path)
+            message = str(info.value)
+            assert message.startswith(str(path) + ": ") and "\n" not in message, message
+            try:
+                height, width = probe_image(path)
+                probed += 1
+                assert height > 0 and width > 0
+            except ImageLoadError as exc:
+                assert str(exc).startswith(str(path) + ": "), exc
+            with pytest.raises(ImageLoadError):
+                load_image(path.read_bytes())  # the same bytes in memory
+    assert 0 < probed < len(paths)
+    assert time.perf_counter() - start < 20
 
 # ------------------------------------------------------------------------------------ scorer and CLI
 

@@ -43,9 +43,20 @@ def browser_page(scorer):
 
 @pytest.mark.browser
 def test_example_click_shows_the_score(browser_page, scorer, tmp_path):
+    """The number boxes are empty (not 0: a perfect score on a lower-is-better scale) until a result arrives;
+    clicking the example (gradio's cached copy, which the upload boundary allows) fills them."""
     examples = SPACES / "afine-demo" / "examples"
     expected = float(scorer.score(str(examples / "distorted.png"), str(examples / "reference.png")).score[0])
     page = browser_page()
+    numbers = page.locator("input[type=number]")
+    numbers.first.wait_for(timeout=30000)
+    assert numbers.count() == 5  # the visible tab's five result boxes
+    assert [numbers.nth(i).input_value() for i in range(5)] == [""] * 5
+    page.get_by_role("tab", name="Naturalness only").click()
+    natural = page.locator("input[type=number]:visible")
+    natural.first.wait_for(timeout=30000)
+    assert [natural.nth(i).input_value() for i in range(natural.count())] == [""]
+    page.get_by_role("tab", name="Score a pair").click()
     page.locator("[data-testid=dataset-cell-0-0]").click()
     page.get_by_text("A-FINE score:").wait_for(timeout=60000)
     value = float(page.locator("input[type=number]").nth(0).input_value())
@@ -81,3 +92,22 @@ def test_gallery_ranks_clean_blurred_noisier(browser_page, scorer, gallery_pngs)
     positions = [text.index(f"{n}.png") for n in expected]
     assert positions == sorted(positions), text
     assert f"{round(own['clean'], 4)}" in text
+
+
+@pytest.mark.browser
+def test_html_in_names_is_shown_not_rendered(browser_page, pngs):
+    """A candidate name holding HTML appears as text in the verdict; no element is created from it."""
+    page = browser_page()
+    page.get_by_role("tab", name="A vs B").click()
+    uploads = page.locator("input[type=file]:not([multiple])")
+    uploads.nth(3).wait_for(state="attached", timeout=30000)
+    for k, name in ((2, "mild"), (3, "strong"), (4, "ref")):  # A, B, reference (after the first tab's two)
+        uploads.nth(k).set_input_files(pngs[name])
+        page.wait_for_timeout(300)
+    name_a = page.get_by_label("Name of A")
+    name_a.fill('<img id="injected" src="x"><b id="bold">bold</b>')
+    page.get_by_role("button", name="Compare", exact=True).click()
+    page.get_by_text("P(A better)").wait_for(timeout=60000)
+    assert page.locator("#injected").count() == 0 and page.locator("#bold").count() == 0
+    assert '<b id="bold">bold</b>' in page.get_by_text("P(A better)").locator("xpath=ancestor::div[1]").inner_text() \
+        or '<b id="bold">bold</b>' in page.content().replace("&lt;", "<").replace("&gt;", ">")
