@@ -21,11 +21,11 @@ from pathlib import Path
 import datasets
 
 from ..labels import ALL_TYPES, majority_pairs
-from ..layouts import diffiqa_labels_dir, diffiqa_split_folders, scan_diffiqa_folder
+from ..layouts import ANNOTATORS_PART, diffiqa_labels_dir, diffiqa_split_folders, scan_diffiqa_folder
 from ..pairing import diffiqa_triplets, filter_types
 from ..problems import CheckReport
 from ..schema import LABEL_TO_G, label_feature, pair_features, triplet_features
-from .base import BUILDER_VERSION, AfineBuilder, AfineDataConfig, opt_str, require_data_dir, shards_of
+from .base import BUILDER_VERSION, AfineBuilder, AfineDataConfig, _warn, opt_str, require_data_dir, shards_of
 
 _DESCRIPTIONS = {
     "images": "unlabelled (enhanced, reference) pairs: every enhanced image with its reference, no labels needed",
@@ -86,8 +86,19 @@ class DiffIQA(AfineBuilder):
         root = require_data_dir(self.config, "DiffIQA")
         report = CheckReport(str(root), "diffiqa")
         scans = scan_diffiqa(root, report, require_labels=self.config.name != "images")
-        needed = {"images"} if self.config.name == "images" else {"images", "labels"}
-        self.preflight(report, needed)
+        if self.config.name == "images":
+            self.preflight(report, {"images"})
+        else:
+            # an annotator who did not label every pair does not stop the folder: warned about by name, and
+            # left out of the majority views (see DiffIQAScan.panel)
+            coverage = [p for p in report.problems if p.part == ANNOTATORS_PART]
+            rest = CheckReport(report.root, report.dataset, [p for p in report.problems if p.part != ANNOTATORS_PART],
+                               dict(report.stats))
+            self.preflight(rest, {"images", "labels"})
+            if coverage:
+                msg = _coverage_warning(report, scans, coverage, self.config.name)
+                _warn(msg)
+                self._side_warning = "\n".join(m for m in (self._side_warning, msg) if m)
         # shared out by reference: a reference's rows do not depend on the other references
         return [datasets.SplitGenerator(name=split, gen_kwargs={"scan": scan, "shards": shards_of(scan.references)})
                 for split, scan in scans.items()]
@@ -154,7 +165,7 @@ class DiffIQA(AfineBuilder):
                     "g": p.g,
                     "variant": variant,
                     "votes": list(p.votes),
-                    "annotators": sorted(scan.labels[p.group][variant]),
+                    "annotators": [a for a in scan.panel if a in scan.labels[p.group][variant]],
                 }
             return
         triplets = diffiqa_triplets(pairs)
@@ -164,8 +175,29 @@ class DiffIQA(AfineBuilder):
             yield key, _triplet_row(scan, t)
 
 
+def _coverage_warning(report: CheckReport, scans: dict, coverage: list, view: str) -> str:
+    """The warning naming every annotator who did not label every pair, and what the view does with them."""
+    who = []
+    for split, scan in scans.items():
+        for a, (have, expected) in sorted(scan.incomplete.items()):
+            who.append(f"{a} ({have} of {expected} labels{'' if split == 'full' else ' in ' + split})")
+    if view == "annotations":
+        fate = "their labels are included as they are"
+    elif any(len(scan.panel) == len(scan.annotators) and scan.incomplete for scan in scans.values()):
+        fate = ("no annotator labelled every pair of a split, so the majority there is taken over the labels "
+                "present; elsewhere they are left out of the majority vote")
+    else:
+        fate = "left out of the majority vote"
+    lines = [f"  {p}" for p in coverage[:20]]
+    if len(coverage) > 20:
+        lines.append(f"  ... and {len(coverage) - 20} more (run 'afine data check')")
+    return (f"{report.dataset} at {report.root}: annotator(s) who did not label every pair: {', '.join(who)}; "
+            f"view {view!r}: {fate}.\n" + "\n".join(lines))
+
+
 def _majority(scan, refs):
-    votes = {ref: {v: {a: lab.label for a, lab in by_a.items()} for v, by_a in scan.labels[ref].items()}
+    panel = set(scan.panel)
+    votes = {ref: {v: {a: lab.label for a, lab in by_a.items() if a in panel} for v, by_a in scan.labels[ref].items()}
              for ref in refs if ref in scan.labels}
 
     def enhanced_name(ref, variant):
