@@ -3,16 +3,23 @@
 Launch::
 
     python spaces/afine-annotate/app.py                   # settings from AFINE_ANNOTATE_DATA / _LABELS / _SEED
-    python -m afine_apps annotate --data-dir /data/MyDiffIQA --port 7862 [--labels-dir DIR] [--seed 0]
+    python -m afine_apps annotate --data-dir /data/MyDiffIQA --port 7862 [--labels-dir DIR] [--seed 0] [--auth-file F]
 
 ``--data-dir`` is a DiffIQA-style folder: ``images/{01..06}/{ref}_{NN}.png`` (enhanced images; any variant
 folder names work) and ``images/Original/{ref}.png`` (references; names without ``_``). A folder holding
 ``{NN}/`` and ``Original/`` directly (the enhancer's ``generate-diffiqa`` output) works too.
 
-The annotator enters a name and presses *Start / resume*. Each (enhanced, reference) pair is shown side by
-side in random left/right order **without saying which one is the reference**; the annotator answers
-"Left is better", "Similar" or "Right is better". Each answer is written at once as one JSON file in the
-official DiffIQA label schema::
+Who annotates (:class:`Identity`, from :func:`identity_from_env`): in a Hugging Face Space, the account
+signed in with gradio's OAuth (``hf_oauth: true`` in the card, a ``gr.LoginButton``); locally, the name
+logged in with gradio's password login (``AFINE_ANNOTATE_AUTH_FILE``), or a name picked from
+``AFINE_ANNOTATORS``; with neither, one local annotator (:data:`LOCAL_ANNOTATOR`) and a page that says it is
+unprotected. The name never comes from a text box, and names outside the list are refused before anything
+is written.
+
+The annotator presses *Start / resume*. Each (enhanced, reference) pair is shown side by side in random
+left/right order **without saying which one is the reference** (the images are served as per-session copies
+under random names, see :class:`ServedImages`); the annotator answers "Left is better", "Similar" or
+"Right is better". Each answer is written at once as one JSON file in the official DiffIQA label schema::
 
     {labels}/{annotator}/{variant}/{ref}_{variant}.json
     {"Picture_AI":       {"Name": "{ref}_{variant}.png", "File": "{variant}", "ImageSize": [], "Label": L},
@@ -36,6 +43,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import html
+import logging
 import os
 import random
 import re
@@ -54,6 +62,8 @@ from .launching import base_parser, launch, queue  # noqa: E402
 
 __all__ = ["AnnotationStore", "Pair", "Task", "CHOICES", "Identity", "AnnotatorRefused", "LOCAL_ANNOTATOR",
            "identity_from_env", "ServedImages", "build_annotate", "main", "default_dirs", "store_from_env"]
+
+logger = logging.getLogger("afine_apps.annotate")
 
 PathLike = Union[str, os.PathLike]
 CHOICES = ("left", "similar", "right")
@@ -450,10 +460,16 @@ def build_annotate(store: AnnotationStore, identity: Optional[Identity] = None, 
     served = served or ServedImages()
 
     def _run(fn, chosen, request, profile, *args):
+        from modeling_afine.image_io import ImageLoadError
+
         try:
             name = identity.resolve(chosen, getattr(request, "username", None), profile)
             left, right, text, state = fn(store, name, *args)
-        except (ValueError, OSError) as exc:
+        except (ImageLoadError, OSError) as exc:  # the server's files: logged here, not shown with their paths
+            logger.exception("annotation app: %s", exc)
+            raise gr.Error("The server could not read an image or save the answer; the app's owner can see why "
+                           "in its log.") from exc
+        except ValueError as exc:  # refusals and the app's own messages (names are checked, HTML shown as text)
             raise gr.Error(html.escape(str(exc), quote=False)) from exc
         if left is not None:
             left, right = served.publish(getattr(request, "session_hash", None), (left, right))

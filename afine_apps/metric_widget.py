@@ -67,7 +67,8 @@ def build_metric_widget(metric, readme: Optional[os.PathLike] = None):
             raise gr.Error(_client_text(str(exc), (prediction, reference))) from exc
 
     article = parse_readme(Path(readme)) if readme is not None else ""
-    with gr.Blocks(title=f"Metric: {metric.name}") as demo:
+    # delete_cache: uploads older than an hour are deleted every 10 minutes (and all of them at shutdown)
+    with gr.Blocks(title=f"Metric: {metric.name}", delete_cache=(600, 3600)) as demo:
         gr.Markdown(f"# Metric: {metric.name}\n\n{metric.info.description}\n\n{LOWER_IS_BETTER}")
         with gr.Row():
             prediction = gr.File(type="filepath", file_types=["image"], label="predictions: the image under test")

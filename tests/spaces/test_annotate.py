@@ -379,7 +379,13 @@ def test_local_mode_has_one_annotator_and_says_it_is_unprotected(diffiqa_dir):
         params = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/start"]["parameters"]
         assert params == []  # no name to send: the app has one annotator
         client.predict(api_name="/start")
-        client.predict(api_name="/answer_right")
+        client.predict(api_name="/answer_right")  # pair 2 is shown
+        # a broken image on the server: a plain message, without the server's paths
+        store = AnnotationStore(root, seed=0)
+        store.pairs[2].enhanced.write_bytes(b"\x89PNG broken")
+        with pytest.raises(Exception, match="could not read an image") as err:
+            client.predict(api_name="/answer_similar")
+        assert str(root) not in str(err.value) and "PNG" not in str(err.value)
     finally:
         demo.close()
     assert _label_files(root)[:2] == [LOCAL_ANNOTATOR, f"{LOCAL_ANNOTATOR}/01"]
