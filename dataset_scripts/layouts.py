@@ -261,6 +261,28 @@ def scan_diffiqa_folder(folder: PathLike, report: CheckReport, require_labels: b
                        variant_images, originals, incomplete)
 
 
+def coverage_warning(report: CheckReport, scans: dict, coverage: list, view: str) -> str:
+    """The warning naming every DiffIQA annotator who did not label every pair (``coverage``: their problems;
+    ``scans``: ``{split: DiffIQAScan}``), and what ``view`` does with them."""
+    who = []
+    for split, scan in scans.items():
+        for a, (have, expected) in sorted(scan.incomplete.items()):
+            who.append(f"{a} ({have} of {expected} labels{'' if split == 'full' else ' in ' + split})")
+    if view == "annotations":
+        fate = "their labels are included as they are"
+    elif any(len(scan.panel) == len(scan.annotators) and scan.incomplete for scan in scans.values()):
+        fate = ("no annotator labelled every pair of a split, so the majority there is taken over the labels "
+                "present; elsewhere they are left out of the majority vote")
+    else:
+        fate = "left out of the majority vote"
+    lines = [f"  {p}" for p in coverage[:20]]
+    if len(coverage) > 20:
+        lines.append(f"  ... and {len(coverage) - 20} more (run 'afine data check')")
+    return (f"{report.dataset} at {report.root}: annotator(s) who did not label every pair: {', '.join(who)}; "
+            f"view {view!r}: {fate}.\n" + "\n".join(lines))
+
+
+
 # ----------------------------------------------------------------------------------------------- SRIQA-Bench
 
 
@@ -612,6 +634,8 @@ __all__ = [
     "diffiqa_split_folders",
     "diffiqa_labels_dir",
     "scan_diffiqa_folder",
+    "coverage_warning",
+    "ANNOTATORS_PART",
     "scan_sriqa",
     "scan_classic",
     "read_shipped_triplets",

@@ -21,7 +21,7 @@ from pathlib import Path
 import datasets
 
 from ..labels import ALL_TYPES, majority_pairs
-from ..layouts import ANNOTATORS_PART, diffiqa_labels_dir, diffiqa_split_folders, scan_diffiqa_folder
+from ..layouts import ANNOTATORS_PART, coverage_warning, diffiqa_labels_dir, diffiqa_split_folders, scan_diffiqa_folder
 from ..pairing import diffiqa_triplets, filter_types
 from ..problems import CheckReport
 from ..schema import LABEL_TO_G, label_feature, pair_features, triplet_features
@@ -96,7 +96,7 @@ class DiffIQA(AfineBuilder):
                                dict(report.stats))
             self.preflight(rest, {"images", "labels"})
             if coverage:
-                msg = _coverage_warning(report, scans, coverage, self.config.name)
+                msg = coverage_warning(report, scans, coverage, self.config.name)
                 _warn(msg)
                 self._side_warning = "\n".join(m for m in (self._side_warning, msg) if m)
         # shared out by reference: a reference's rows do not depend on the other references
@@ -173,26 +173,6 @@ class DiffIQA(AfineBuilder):
             triplets = filter_types(triplets, [name])[name]
         for key, t in enumerate(triplets):
             yield key, _triplet_row(scan, t)
-
-
-def _coverage_warning(report: CheckReport, scans: dict, coverage: list, view: str) -> str:
-    """The warning naming every annotator who did not label every pair, and what the view does with them."""
-    who = []
-    for split, scan in scans.items():
-        for a, (have, expected) in sorted(scan.incomplete.items()):
-            who.append(f"{a} ({have} of {expected} labels{'' if split == 'full' else ' in ' + split})")
-    if view == "annotations":
-        fate = "their labels are included as they are"
-    elif any(len(scan.panel) == len(scan.annotators) and scan.incomplete for scan in scans.values()):
-        fate = ("no annotator labelled every pair of a split, so the majority there is taken over the labels "
-                "present; elsewhere they are left out of the majority vote")
-    else:
-        fate = "left out of the majority vote"
-    lines = [f"  {p}" for p in coverage[:20]]
-    if len(coverage) > 20:
-        lines.append(f"  ... and {len(coverage) - 20} more (run 'afine data check')")
-    return (f"{report.dataset} at {report.root}: annotator(s) who did not label every pair: {', '.join(who)}; "
-            f"view {view!r}: {fate}.\n" + "\n".join(lines))
 
 
 def _majority(scan, refs):

@@ -60,7 +60,8 @@ def test_stray_annotator_is_named_and_left_out(one_split, tmp_path):
     row = [r for r in pairs if r["distorted_name"] == "000001x0y0_01.png"][0]
     assert pairs.features["votes"].feature.int2str(row["votes"]) == [P, P, S]
     # triplets are built from those pairs, so they ignore the stray vote as well
-    trip = dataset_scripts.load("diffiqa", root, "triplets", split="full", cache_dir=tmp_path / "c")
+    with pytest.warns(DatasetProblemWarning, match="mallory"):
+        trip = dataset_scripts.load("diffiqa", root, "triplets", split="full", cache_dir=tmp_path / "c")
     clean = tmp_path / "clean"
     shutil.copytree(root, clean)
     shutil.rmtree(clean / "labels" / "mallory")
@@ -109,3 +110,14 @@ def test_check_still_lists_the_missing_labels(one_split):
     _stray(root, "mallory", "000001x0y0", "01", S)
     report = check(root, decode=False)
     assert not report.ok and all(p.kind == "wrong_count" and "mallory" in p.message for p in report.problems)
+
+
+def test_majority_tool_agrees_with_load(one_split, tmp_path):
+    from dataset_scripts.derive import diffiqa_majority
+
+    root, votes = one_split
+    _stray(root, "mallory", "000001x0y0", "01", S)
+    with pytest.warns(DatasetProblemWarning, match="mallory"):
+        pairs = diffiqa_majority(root)
+    assert [(p.distorted_name, p.label) for p in pairs] == _expected_pairs(votes)
+    assert {len(p.votes) for p in pairs} == {3}
