@@ -312,13 +312,13 @@ class Identity:
             if not name:
                 raise AnnotatorRefused("Log in first.")
         else:
-            name = (chosen or "").strip()
+            name = chosen.strip() if isinstance(chosen, str) else ""
             if not name:
                 raise AnnotatorRefused("Choose your name in the annotator list first.")
         if not _ANNOTATOR_RE.match(name) or (self.allowed is not None and name not in self.allowed):
             # the name is not echoed: it may come from an API caller and would be rendered in the page
-            raise AnnotatorRefused("This account is not one of this app's annotators; ask its owner to add it "
-                                   "to AFINE_ANNOTATORS.")
+            raise AnnotatorRefused("This account is not one of this app's annotators; ask the app's owner to add "
+                                   "it to the annotator list.")
         return name
 
     def notice(self) -> str:

@@ -347,7 +347,7 @@ def test_allowlist_refuses_outsiders_through_the_api_before_writing(diffiqa_dir)
     try:
         client = Client(url, verbose=False, download_files=False)
         assert "pair 1 of 6" in client.predict("alice", api_name="/start")[2]
-        for name in ("mallory", "Alice", "<b>bob</b>", "../alice", ""):
+        for name in ("mallory", "Alice", "<b>bob</b>", "../alice", "", 5, "a" * 100_000):
             for api in ("/start", "/answer_left", "/answer_similar"):
                 with pytest.raises(Exception, match="not one of this app's annotators|Choose your name") as err:
                     client.predict(name, api_name=api)
