@@ -187,13 +187,16 @@ def _label_all_through_client(url, annotator, errors):
     from gradio_client import Client
 
     try:
-        # download_files=False: this test is about labels (the served copies are tested on their own below)
-        client = Client(url, verbose=False, download_files=False)
+        # The images are downloaded too: both sessions show the same references at the same time, which once
+        # made gradio rewrite one content-addressed cache file while the other session read it; each session
+        # now gets its own copies (ServedImages).
+        client = Client(url, verbose=False)
         # the app keeps the current pair in the session state; the client keeps the session. The annotator
         # always answers "left is better"; the test checks each label against the side the pair was shown on.
-        _, _, text = client.predict(annotator, api_name="/start")
+        left, right, text = client.predict(annotator, api_name="/start")
         while "are labelled" not in text:
-            _, _, text = client.predict(annotator, api_name="/answer_left")
+            assert Image.open(left).size == Image.open(right).size == (32, 32)
+            left, right, text = client.predict(annotator, api_name="/answer_left")
     except Exception as exc:  # pragma: no cover - reported by the test
         errors.append(exc)
 
