@@ -100,9 +100,13 @@ def _encode(value, name):
     if isinstance(value, (bytes, bytearray, memoryview)):
         return {"path": None, "bytes": bytes(value)}
     if isinstance(value, PIL.Image.Image):
-        from modeling_afine.image_io import to_rgb8
+        from modeling_afine.image_io import ImageLoadError, to_rgb8
 
-        return {"path": None, "bytes": _npy(numpy.asarray(to_rgb8(value, name)))}
+        try:
+            rgb = to_rgb8(value, name)
+        except (OSError, SyntaxError, EOFError) as exc:  # a lazily opened PIL image whose data is bad
+            raise ImageLoadError(f"{name}: cannot decode image: {' '.join(str(exc).split()) or type(exc).__name__}") from None
+        return {"path": None, "bytes": _npy(numpy.asarray(rgb))}
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(value, torch.Tensor):
         t = value.detach().cpu()

@@ -253,6 +253,13 @@ def test_refusals_are_one_line_without_the_data(metric, pngs, bad, match):
     assert "\n" not in msg and len(msg) < 400 and "0." not in msg and "[[" not in msg
 
 
+def test_lazily_opened_broken_pil_image_is_named(metric, pngs, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(open(pngs["ref"], "rb").read()[:300])
+    with pytest.raises(ImageLoadError, match=r"^predictions\[0\]: cannot decode image"):
+        metric.compute(predictions=[Image.open(broken)], references=[pngs["ref"]])
+
+
 def test_torch_refusal_is_one_line(metric, pngs):
     import torch
 
