@@ -301,11 +301,13 @@ def queue(demo, concurrency: int = 1):
                       max_size=max(1, _env_int("AFINE_QUEUE_SIZE", 32)))
 
 
-def launch(demo, args: argparse.Namespace, *, allowed_paths: Optional[Sequence[str]] = None, block: bool = True):
-    """``demo.launch`` with the parsed ``--host/--port/--share`` and an upload size limit."""
+def launch(demo, args: argparse.Namespace, *, allowed_paths: Optional[Sequence[str]] = None, block: bool = True,
+           auth=None):
+    """``demo.launch`` with the parsed ``--host/--port/--share`` and an upload size limit; ``auth``: gradio's
+    login (``(name, password)`` pairs), off by default."""
     return demo.launch(server_name=args.host, server_port=args.port, share=bool(args.share),
                        allowed_paths=list(allowed_paths or []), prevent_thread_lock=not block,
-                       max_file_size=MAX_FILE_SIZE)
+                       max_file_size=MAX_FILE_SIZE, auth=auth)
 
 
 def user_error(exc: BaseException):
@@ -315,10 +317,10 @@ def user_error(exc: BaseException):
     return gr.Error(str(exc) or type(exc).__name__)
 
 
-def serve(demo, *, port: int = 7860):
+def serve(demo, *, port: int = 7860, auth=None):
     """Launch ``demo`` as a Space does: host, port and share from the environment (``GRADIO_SERVER_NAME``,
-    ``GRADIO_SERVER_PORT``); blocks until the server stops."""
-    return launch(demo, base_parser("A-FINE app", model=False, port=port).parse_args([]))
+    ``GRADIO_SERVER_PORT``); blocks until the server stops. ``auth``: as for :func:`launch`."""
+    return launch(demo, base_parser("A-FINE app", model=False, port=port).parse_args([]), auth=auth)
 
 
 def image_input(label: str, **kwargs):

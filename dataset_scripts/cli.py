@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--num-proc", type=int, default=None, help="processes used to prepare")
     s.add_argument("--force", action="store_true", help="prepare again even if the cache looks current "
-                   "(e.g. after rewriting a label JSON in place)")
+                   "(any change to a label file is noticed without it)")
     s.set_defaults(func=_cmd_prepare)
 
     s = sub.add_parser("majority", help="DiffIQA majority labels -> {split}/majority.txt")

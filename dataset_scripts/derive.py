@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -29,8 +30,10 @@ from typing import Optional, Sequence, Union
 from .formats import LabelFormatError, read_classic_mos_file, write_classic_mos_file, write_sriqa_mos_file, write_triplet_file
 from .labels import ALL_TYPES, majority_pairs
 from .layouts import (
+    ANNOTATORS_PART,
     CLASSIC_DATASETS,
     SPLIT_FOLDERS,
+    coverage_warning,
     scan_classic,
     scan_diffiqa_folder,
     scan_sriqa,
@@ -38,7 +41,7 @@ from .layouts import (
     sriqa_method,
 )
 from .pairing import diffiqa_triplets, filter_types, nlogn_triplets
-from .problems import CheckReport, DatasetCheckError
+from .problems import CheckReport, DatasetCheckError, DatasetProblemWarning
 from .schema import MosRecord, PairRecord
 from .thurstone import thurstone_mos
 
@@ -67,13 +70,21 @@ def _raise(report: CheckReport) -> None:
 
 def diffiqa_majority(split_folder: PathLike) -> list[PairRecord]:
     """Majority-labelled pairs of one DiffIQA split folder (``images/`` + ``labels/``), sorted by
-    reference then variant; votes in annotator order (A, B, C)."""
+    reference then variant; votes in annotator order (A, B, C).
+
+    As in ``dataset_scripts.load``: an annotator who did not label every pair is named in a
+    :class:`~dataset_scripts.problems.DatasetProblemWarning` and left out of the vote (``DiffIQAScan.panel``)."""
     report = CheckReport(str(split_folder), "diffiqa")
     scan = scan_diffiqa_folder(split_folder, report)
-    _raise(report)
-    votes = {ref: {v: {a: lab.label for a, lab in by_a.items()} for v, by_a in by_v.items()}
+    coverage = [p for p in report.problems if p.part == ANNOTATORS_PART]
+    _raise(CheckReport(report.root, report.dataset, [p for p in report.problems if p.part != ANNOTATORS_PART]))
+    if coverage:
+        warnings.warn(coverage_warning(report, {"full": scan}, coverage, "majority"), DatasetProblemWarning,
+                      stacklevel=2)
+    panel = scan.panel
+    votes = {ref: {v: {a: lab.label for a, lab in by_a.items() if a in panel} for v, by_a in by_v.items()}
              for ref, by_v in scan.labels.items()}
-    return majority_pairs(votes, annotators=scan.annotators)
+    return majority_pairs(votes, annotators=panel)
 
 
 def write_diffiqa_majority(split_folder: PathLike, out_file: PathLike) -> int:

@@ -121,6 +121,16 @@ class DiffIQAScan:
     label_files: dict
     variant_images: dict  # variant -> ImageIndex
     originals: ImageIndex
+    #: ``{annotator: (labels present, labels expected)}`` of the annotators who did not label every pair
+    incomplete: dict = field(default_factory=dict)
+
+    @property
+    def panel(self) -> list[str]:
+        """The annotators whose votes make the majority: those who labelled every pair of this folder (an
+        unexpected or unfinished annotator, e.g. one answer under a new name, is left out). When nobody
+        labelled every pair (annotation still under way), every annotator."""
+        complete = [a for a in self.annotators if a not in self.incomplete]
+        return complete or list(self.annotators)
 
     def enhanced_path(self, ref: str, variant: str) -> Optional[Path]:
         idx = self.variant_images.get(variant)
@@ -157,6 +167,11 @@ def _diffiqa_labels_dir(folder: Path) -> Path:
     return folder / "labels"
 
 
+#: ``Problem.part`` of the "annotator did not label every pair" problems: the majority views leave such an
+#: annotator out (with a warning) instead of refusing the folder.
+ANNOTATORS_PART = "annotators"
+
+
 def scan_diffiqa_folder(folder: PathLike, report: CheckReport, require_labels: bool = True) -> DiffIQAScan:
     """Scan one DiffIQA split folder, adding layout, label and count problems to ``report``.
 
@@ -182,6 +197,7 @@ def scan_diffiqa_folder(folder: PathLike, report: CheckReport, require_labels: b
 
     labels: dict = {}
     label_files: dict = {}
+    absent_count: dict = {}
     n_labels = 0
     entries = [(a, v, entry) for a in annotators for v in _subdirs(labels_dir / a)
                for entry in sorted(os.scandir(labels_dir / a / v), key=lambda e: e.name)]
@@ -234,12 +250,37 @@ def scan_diffiqa_folder(folder: PathLike, report: CheckReport, require_labels: b
             # a file that exists but failed to parse is reported already; count only absent files
             absent = [v for v in missing if not (labels_dir / a / v / f"{ref}_{v}.json").is_file()]
             if absent:
+                absent_count[a] = absent_count.get(a, 0) + len(absent)
                 report.add("wrong_count", labels_dir / a, f"group {ref}: annotator {a} has no label for variant(s) {', '.join(absent)} "
-                           f"(expected {len(variants)} labels)", part="labels")
+                           f"(expected {len(variants)} labels)", part=ANNOTATORS_PART)
+    expected = len(references) * len(variants)
+    incomplete = {a: (expected - n, expected) for a, n in absent_count.items()}
     report.stats["groups"] = report.stats.get("groups", 0) + len(references)
     report.stats["label files"] = report.stats.get("label files", 0) + n_labels
     return DiffIQAScan(folder, images_dir, labels_dir, variants, annotators, references, labels, label_files,
-                       variant_images, originals)
+                       variant_images, originals, incomplete)
+
+
+def coverage_warning(report: CheckReport, scans: dict, coverage: list, view: str) -> str:
+    """The warning naming every DiffIQA annotator who did not label every pair (``coverage``: their problems;
+    ``scans``: ``{split: DiffIQAScan}``), and what ``view`` does with them."""
+    who = []
+    for split, scan in scans.items():
+        for a, (have, expected) in sorted(scan.incomplete.items()):
+            who.append(f"{a} ({have} of {expected} labels{'' if split == 'full' else ' in ' + split})")
+    if view == "annotations":
+        fate = "their labels are included as they are"
+    elif any(len(scan.panel) == len(scan.annotators) and scan.incomplete for scan in scans.values()):
+        fate = ("no annotator labelled every pair of a split, so the majority there is taken over the labels "
+                "present; elsewhere they are left out of the majority vote")
+    else:
+        fate = "left out of the majority vote"
+    lines = [f"  {p}" for p in coverage[:20]]
+    if len(coverage) > 20:
+        lines.append(f"  ... and {len(coverage) - 20} more (run 'afine data check')")
+    return (f"{report.dataset} at {report.root}: annotator(s) who did not label every pair: {', '.join(who)}; "
+            f"view {view!r}: {fate}.\n" + "\n".join(lines))
+
 
 
 # ----------------------------------------------------------------------------------------------- SRIQA-Bench
@@ -593,6 +634,8 @@ __all__ = [
     "diffiqa_split_folders",
     "diffiqa_labels_dir",
     "scan_diffiqa_folder",
+    "coverage_warning",
+    "ANNOTATORS_PART",
     "scan_sriqa",
     "scan_classic",
     "read_shipped_triplets",

@@ -86,12 +86,12 @@ def load(
         num_proc: processes used to prepare (rows are generated per group of references in parallel; the
             order of the rows is the same as with one process).
         download_mode: as in ``datasets.load_dataset``; ``"force_redownload"`` prepares the cache again
-            even if it looks current (e.g. after rewriting a label JSON in place, which the folder
-            fingerprint does not notice).
+            even if it looks current.
 
     The dataset is prepared into the cache once; later calls with the same folder, config and seed reuse
     it, and a cache prepared from an older state of the folder is prepared again in place (the folder
-    fingerprint: file names, folder mtimes, MOS/triplet text files; see
+    fingerprint: the size and modification time of every label/MOS file, as ``datasets`` keys local files,
+    so a label rewritten in place is noticed too, and the image file names; see
     :func:`dataset_scripts.builders.base.fingerprint_files`). Raises
     :class:`~dataset_scripts.problems.DatasetCheckError` listing every problem the view depends on; problems
     in parts of the folder the view does not read are warned about

@@ -21,11 +21,11 @@ from pathlib import Path
 import datasets
 
 from ..labels import ALL_TYPES, majority_pairs
-from ..layouts import diffiqa_labels_dir, diffiqa_split_folders, scan_diffiqa_folder
+from ..layouts import ANNOTATORS_PART, coverage_warning, diffiqa_labels_dir, diffiqa_split_folders, scan_diffiqa_folder
 from ..pairing import diffiqa_triplets, filter_types
 from ..problems import CheckReport
 from ..schema import LABEL_TO_G, label_feature, pair_features, triplet_features
-from .base import BUILDER_VERSION, AfineBuilder, AfineDataConfig, opt_str, require_data_dir, shards_of
+from .base import BUILDER_VERSION, AfineBuilder, AfineDataConfig, _warn, opt_str, require_data_dir, shards_of
 
 _DESCRIPTIONS = {
     "images": "unlabelled (enhanced, reference) pairs: every enhanced image with its reference, no labels needed",
@@ -86,8 +86,19 @@ class DiffIQA(AfineBuilder):
         root = require_data_dir(self.config, "DiffIQA")
         report = CheckReport(str(root), "diffiqa")
         scans = scan_diffiqa(root, report, require_labels=self.config.name != "images")
-        needed = {"images"} if self.config.name == "images" else {"images", "labels"}
-        self.preflight(report, needed)
+        if self.config.name == "images":
+            self.preflight(report, {"images"})
+        else:
+            # an annotator who did not label every pair does not stop the folder: warned about by name, and
+            # left out of the majority views (see DiffIQAScan.panel)
+            coverage = [p for p in report.problems if p.part == ANNOTATORS_PART]
+            rest = CheckReport(report.root, report.dataset, [p for p in report.problems if p.part != ANNOTATORS_PART],
+                               dict(report.stats))
+            self.preflight(rest, {"images", "labels"})
+            if coverage:
+                msg = coverage_warning(report, scans, coverage, self.config.name)
+                _warn(msg)
+                self._side_warning = "\n".join(m for m in (self._side_warning, msg) if m)
         # shared out by reference: a reference's rows do not depend on the other references
         return [datasets.SplitGenerator(name=split, gen_kwargs={"scan": scan, "shards": shards_of(scan.references)})
                 for split, scan in scans.items()]
@@ -154,7 +165,7 @@ class DiffIQA(AfineBuilder):
                     "g": p.g,
                     "variant": variant,
                     "votes": list(p.votes),
-                    "annotators": sorted(scan.labels[p.group][variant]),
+                    "annotators": [a for a in scan.panel if a in scan.labels[p.group][variant]],
                 }
             return
         triplets = diffiqa_triplets(pairs)
@@ -165,7 +176,8 @@ class DiffIQA(AfineBuilder):
 
 
 def _majority(scan, refs):
-    votes = {ref: {v: {a: lab.label for a, lab in by_a.items()} for v, by_a in scan.labels[ref].items()}
+    panel = set(scan.panel)
+    votes = {ref: {v: {a: lab.label for a, lab in by_a.items() if a in panel} for v, by_a in scan.labels[ref].items()}
              for ref in refs if ref in scan.labels}
 
     def enhanced_name(ref, variant):

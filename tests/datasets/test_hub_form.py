@@ -194,7 +194,7 @@ def test_streaming_and_num_proc_give_the_same_rows(classic_roots, tmp_path):
     assert isinstance(sd, datasets.IterableDatasetDict) and list(sd) == ["train", "validation", "test"]
 
 
-def test_force_redownload_reprepares_after_an_in_place_edit(tmp_path, factories):
+def test_in_place_edit_of_the_same_size_is_noticed(tmp_path, factories):
     root = tmp_path / "D"
     factories["diffiqa"](root, {"Test": {"000005x0y32": DIFFIQA_VOTES["Test"]["000005x0y32"]}}, size=(8, 8))
     cache = tmp_path / "c"
@@ -202,20 +202,22 @@ def test_force_redownload_reprepares_after_an_in_place_edit(tmp_path, factories)
     label = root / "Test" / "labels" / "A" / "01" / "000005x0y32_01.json"
     row = lambda d: [r for r in d if r["annotator"] == "A" and r["variant"] == "01"][0]  # noqa: E731
     assert first.features["label"].int2str(row(first)["label"]) == P
-    # rewritten in place (same file, no rename): the folder fingerprint does not see it ...
+    # rewritten in place (same file, no rename, same size: "Positive" and "Negative" have 8 letters), the
+    # folder's mtime left as it was: the file's own mtime tells
     dir_mtime = os.stat(label.parent).st_mtime_ns
-    data = json.loads(label.read_text())
-    data["Picture_AI"]["Label"] = N
+    size = label.stat().st_size
+    text = label.read_text()
+    assert f'"Label": "{P}"' in text
     with open(label, "r+", encoding="utf-8") as fh:
-        fh.write(json.dumps(data, indent=4))
-        fh.truncate()
+        fh.write(text.replace(f'"Label": "{P}"', f'"Label": "{N}"'))
     os.utime(label.parent, ns=(dir_mtime, dir_mtime))
-    stale = dataset_scripts.load("diffiqa", root, "annotations", split="test", cache_dir=cache)
-    assert row(stale)["label"] == LABEL_NAMES.index(P)
-    # ... so force_redownload prepares again
-    fresh = dataset_scripts.load("diffiqa", root, "annotations", split="test", cache_dir=cache,
-                                 download_mode="force_redownload")
+    assert label.stat().st_size == size and os.stat(label.parent).st_mtime_ns == dir_mtime
+    fresh = dataset_scripts.load("diffiqa", root, "annotations", split="test", cache_dir=cache)
     assert row(fresh)["label"] == LABEL_NAMES.index(N)
+    # force_redownload still prepares again on demand
+    forced = dataset_scripts.load("diffiqa", root, "annotations", split="test", cache_dir=cache,
+                                  download_mode="force_redownload")
+    assert row(forced)["label"] == LABEL_NAMES.index(N)
     # an atomic rewrite (this package's writers, the annotation app, most editors) is noticed by itself
     write_diffiqa_label(label, "000005x0y32_01.png", "000005x0y32.png", S, variant="01")
     again = dataset_scripts.load("diffiqa", root, "annotations", split="test", cache_dir=cache)
@@ -308,7 +310,7 @@ class _CountingScandir:
         return (_CountingEntry(e, self._c) for e in self._it)
 
 
-def test_fingerprint_stats_folders_and_text_files_not_every_file(tmp_path, monkeypatch):
+def test_fingerprint_stats_label_files_not_images(tmp_path, monkeypatch):
     labels = tmp_path / "labels"
     n_dirs, per_dir = 6, 200
     for a in ("A", "B"):
@@ -333,24 +335,32 @@ def test_fingerprint_stats_folders_and_text_files_not_every_file(tmp_path, monke
     monkeypatch.setattr(builder_base.os, "stat", counting_stat)
     fp = builder_base.fingerprint_files([labels], [images])
     monkeypatch.undo()
-    n_files = n_dirs * per_dir + 1 + 50
+    n_label_files = n_dirs * per_dir + 1
     folders = 1 + 2 + n_dirs + 1  # labels, A, B, six variant folders, images
     assert counter["scandir"] == folders
-    # one stat per label folder (mtime) + one per text file; none per JSON or image
-    assert counter["stat"] == (folders - 1) + 1 < n_files / 50
+    # one stat per label file (its size and mtime; at most the two roots' is_dir besides); none per image
+    assert n_label_files <= counter["stat"] <= n_label_files + 2
 
     def fp_now():
         return builder_base.fingerprint_files([labels], [images])
 
     assert fp_now() == fp
-    # label JSON added / removed / replaced atomically: the folder mtime and names change
+    # a label JSON replaced atomically (new file, same name)
     target = labels / "A" / "02" / "000007_02.json"
     tmp = target.with_name("x.tmp")
     tmp.write_text("{}")
-    before = os.stat(target.parent).st_mtime_ns
     os.replace(tmp, target)
-    if os.stat(target.parent).st_mtime_ns == before:  # same-tick filesystem clock: make the change visible
-        os.utime(target.parent, ns=(before + 1, before + 1))
+    assert fp_now() != fp
+    fp = fp_now()
+    # rewritten in place with the same size, the folder's mtime unchanged: the file's mtime tells
+    dir_mtime, st = os.stat(target.parent).st_mtime_ns, target.stat()
+    with open(target, "r+") as fh:
+        fh.write("[]")
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # a later tick, whatever the fs clock
+    os.utime(target.parent, ns=(dir_mtime, dir_mtime))
+    assert target.stat().st_size == st.st_size and fp_now() != fp
+    fp = fp_now()
+    (labels / "A" / "02" / "000008_02.json").unlink()  # removed
     assert fp_now() != fp
     fp = fp_now()
     (labels / "notes.txt").write_text("longer")  # text label files: size/mtime
@@ -358,6 +368,9 @@ def test_fingerprint_stats_folders_and_text_files_not_every_file(tmp_path, monke
     fp = fp_now()
     (images / "new.png").write_bytes(b"")  # image names
     assert fp_now() != fp
+    fp = fp_now()
+    os.utime(images / "new.png", ns=(1, 1))  # image mtimes do not count (pixels are read on access)
+    assert fp_now() == fp
 
 
 def test_edited_image_pixels_are_read_fresh_without_re_preparing(tmp_path, factories):

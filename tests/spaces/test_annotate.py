@@ -10,7 +10,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from afine_apps.annotate import AnnotationStore, Task, answer, default_dirs, start_session
+from afine_apps.annotate import (
+    LOCAL_ANNOTATOR,
+    AnnotationStore,
+    AnnotatorRefused,
+    Identity,
+    Task,
+    answer,
+    default_dirs,
+    identity_from_env,
+    start_session,
+)
 
 from .conftest import free_port, noisy, textured
 
@@ -152,7 +162,7 @@ def test_annotate_via_client(diffiqa_dir):
 
     root, _ = diffiqa_dir
     store = AnnotationStore(root, seed=0)
-    demo = build_annotate(store)
+    demo = build_annotate(store, Identity("allowlist", frozenset({"F"})))
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
     try:
         client = Client(url, verbose=False)
@@ -177,15 +187,16 @@ def _label_all_through_client(url, annotator, errors):
     from gradio_client import Client
 
     try:
-        # download_files=False: this test is about labels. Two sessions showing the same image make gradio
-        # rewrite the same cache file while the other session's download reads it (a gradio race, seen here as
-        # "peer closed connection" under a loaded test run), which would fail the test for a reason it does not test.
-        client = Client(url, verbose=False, download_files=False)
+        # The images are downloaded too: both sessions show the same references at the same time, which once
+        # made gradio rewrite one content-addressed cache file while the other session read it; each session
+        # now gets its own copies (ServedImages).
+        client = Client(url, verbose=False)
         # the app keeps the current pair in the session state; the client keeps the session. The annotator
         # always answers "left is better"; the test checks each label against the side the pair was shown on.
-        _, _, text = client.predict(annotator, api_name="/start")
+        left, right, text = client.predict(annotator, api_name="/start")
         while "are labelled" not in text:
-            _, _, text = client.predict(annotator, api_name="/answer_left")
+            assert Image.open(left).size == Image.open(right).size == (32, 32)
+            left, right, text = client.predict(annotator, api_name="/answer_left")
     except Exception as exc:  # pragma: no cover - reported by the test
         errors.append(exc)
 
@@ -197,7 +208,7 @@ def test_two_annotators_at_once_through_the_app_keep_every_label(diffiqa_dir, tm
 
     root, arrays = diffiqa_dir
     store = AnnotationStore(root, seed=5)
-    demo = build_annotate(store)
+    demo = build_annotate(store, Identity("allowlist", frozenset({"A", "B"})))
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
     errors: list = []
     try:
@@ -263,3 +274,238 @@ def test_default_dirs_prefer_persistent_storage(tmp_path, monkeypatch):
     monkeypatch.setenv("AFINE_ANNOTATE_DATA", str(tmp_path / "x"))
     monkeypatch.setenv("AFINE_ANNOTATE_LABELS", str(tmp_path / "labels"))
     assert default_dirs(persistent=persistent) == (tmp_path / "x", tmp_path / "labels")
+
+
+# ------------------------------------------------------------------------------------------ identity (issue 18)
+
+
+def _label_files(root):
+    labels = root / "labels"
+    return sorted(str(p.relative_to(labels)) for p in labels.rglob("*")) if labels.exists() else []
+
+
+class _Profile:
+    def __init__(self, username):
+        self.username = username
+
+
+def test_identity_resolves_names_only_from_the_login_or_the_list():
+    hf = Identity("hf", frozenset({"alice"}))
+    assert hf.resolve("bob", profile=_Profile("alice")) == "alice"  # a chosen name is ignored: the login counts
+    for profile in (None, _Profile("bob"), _Profile("<b>alice</b>")):
+        with pytest.raises(AnnotatorRefused):
+            hf.resolve("alice", profile=profile)
+    assert Identity("hf").resolve(profile=_Profile("carol")) == "carol"  # no list: any signed-in account
+    pw = Identity("password", frozenset({"alice"}), (("alice", "x"), ("bob", "y")))
+    assert pw.resolve("bob", username="alice") == "alice" and pw.auth == [("alice", "x"), ("bob", "y")]
+    with pytest.raises(AnnotatorRefused):
+        pw.resolve("alice", username="bob")  # logged in, but not on the list
+    with pytest.raises(AnnotatorRefused):
+        pw.resolve("alice", username=None)
+    allow = Identity("allowlist", frozenset({"alice", "bob"}))
+    assert allow.resolve(" bob ") == "bob" and allow.auth is None
+    for chosen in ("mallory", "", None, "../alice", "<img src=x onerror=alert(1)>"):
+        with pytest.raises(AnnotatorRefused) as err:
+            allow.resolve(chosen)
+        assert "<" not in str(err.value) and "mallory" not in str(err.value)
+    local = Identity("local", frozenset({LOCAL_ANNOTATOR}))
+    assert local.resolve("mallory") == LOCAL_ANNOTATOR and "unprotected for one local annotator" in local.notice()
+
+
+def test_identity_from_env(tmp_path):
+    assert identity_from_env({}).mode == "local"
+    assert identity_from_env({"AFINE_ANNOTATORS": "alice, bob"}) == Identity("allowlist", frozenset({"alice", "bob"}))
+    assert identity_from_env({"SPACE_ID": "me/annotate"}) == Identity("hf", None)
+    assert identity_from_env({"SPACE_ID": "me/annotate", "AFINE_ANNOTATORS": "alice"}).allowed == {"alice"}
+    auth = tmp_path / "passwords.txt"
+    auth.write_text("# annotators\nalice:s3cret:with:colons\nbob:pw\n")
+    ident = identity_from_env({"AFINE_ANNOTATE_AUTH_FILE": str(auth)})
+    assert ident.mode == "password" and ident.allowed == {"alice", "bob"}
+    assert ident.auth == [("alice", "s3cret:with:colons"), ("bob", "pw")]
+    assert identity_from_env({"AFINE_ANNOTATORS": "alice"}, auth_file=auth).allowed == {"alice"}
+    with pytest.raises(ValueError, match="not a valid annotator name"):
+        identity_from_env({"AFINE_ANNOTATORS": "alice,<b>bob</b>"})
+    auth.write_text("alice\n")
+    with pytest.raises(ValueError, match="line 1"):
+        identity_from_env({"AFINE_ANNOTATE_AUTH_FILE": str(auth)})
+
+
+def _launch(demo, **kwargs):
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+                            **kwargs)
+    return url
+
+
+def test_allowlist_refuses_outsiders_through_the_api_before_writing(diffiqa_dir):
+    """gradio_client calls the endpoints directly with names outside AFINE_ANNOTATORS: refused, nothing written
+    (no label, no folder); the listed annotator's answers are written under her name."""
+    from gradio_client import Client
+
+    from afine_apps.annotate import build_annotate
+
+    root, _ = diffiqa_dir
+    store = AnnotationStore(root, seed=0)
+    demo = build_annotate(store, identity_from_env({"AFINE_ANNOTATORS": "alice,bob"}))
+    url = _launch(demo)
+    try:
+        client = Client(url, verbose=False, download_files=False)
+        assert "pair 1 of 6" in client.predict("alice", api_name="/start")[2]
+        for name in ("mallory", "Alice", "<b>bob</b>", "../alice", "", 5, "a" * 100_000):
+            for api in ("/start", "/answer_left", "/answer_similar"):
+                with pytest.raises(Exception, match="not one of this app's annotators|Choose your name") as err:
+                    client.predict(name, api_name=api)
+                assert "<b>" not in str(err.value)
+        assert _label_files(root) == []
+        # the page's state belongs to alice: a listed name that was not shown this pair cannot answer it
+        with pytest.raises(Exception, match="Start / resume"):
+            client.predict("bob", api_name="/answer_left")
+        assert "pair 2 of 6" in client.predict("alice", api_name="/answer_similar")[2]
+        assert _label_files(root) == ["alice", "alice/01", f"alice/01/{REFS[0]}_01.json"]
+    finally:
+        demo.close()
+
+
+def test_local_mode_has_one_annotator_and_says_it_is_unprotected(diffiqa_dir):
+    from gradio_client import Client
+
+    from afine_apps.annotate import build_annotate
+
+    root, _ = diffiqa_dir
+    demo = build_annotate(AnnotationStore(root, seed=0), identity_from_env({}))
+    url = _launch(demo)
+    try:
+        import urllib.request
+
+        page = urllib.request.urlopen(url + "config").read().decode()
+        assert "Running unprotected for one local annotator" in page
+        client = Client(url, verbose=False, download_files=False)
+        params = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/start"]["parameters"]
+        assert params == []  # no name to send: the app has one annotator
+        client.predict(api_name="/start")
+        client.predict(api_name="/answer_right")  # pair 2 is shown
+        # a broken image on the server: a plain message, without the server's paths
+        store = AnnotationStore(root, seed=0)
+        store.pairs[2].enhanced.write_bytes(b"\x89PNG broken")
+        with pytest.raises(Exception, match="could not read an image") as err:
+            client.predict(api_name="/answer_similar")
+        assert str(root) not in str(err.value) and "PNG" not in str(err.value)
+    finally:
+        demo.close()
+    assert _label_files(root)[:2] == [LOCAL_ANNOTATOR, f"{LOCAL_ANNOTATOR}/01"]
+
+
+def test_password_login_names_the_annotator(diffiqa_dir, tmp_path):
+    from gradio_client import Client
+
+    from afine_apps.annotate import build_annotate
+
+    root, _ = diffiqa_dir
+    auth = tmp_path / "passwords.txt"
+    auth.write_text("alice:pa55\neve:pw\n")
+    identity = identity_from_env({"AFINE_ANNOTATORS": "alice,bob"}, auth_file=auth)
+    demo = build_annotate(AnnotationStore(root, seed=0), identity)
+    url = _launch(demo, auth=identity.auth)
+    try:
+        with pytest.raises(Exception):
+            Client(url, verbose=False, download_files=False)  # no login, no access
+        with pytest.raises(Exception):
+            Client(url, verbose=False, download_files=False, auth=("alice", "wrong"))
+        eve = Client(url, verbose=False, download_files=False, auth=("eve", "pw"))  # can log in, is not listed
+        with pytest.raises(Exception, match="not one of this app's annotators"):
+            eve.predict(api_name="/start")
+        assert _label_files(root) == []
+        alice = Client(url, verbose=False, download_files=False, auth=("alice", "pa55"))
+        alice.predict(api_name="/start")
+        alice.predict(api_name="/answer_left")
+    finally:
+        demo.close()
+    assert _label_files(root)[:2] == ["alice", "alice/01"]
+
+
+def test_hf_login_through_gradio_oauth(diffiqa_dir, monkeypatch):
+    """The Space mode: gradio's OAuth routes with its local mock (its profile replaced by ours, as the mock
+    otherwise asks the Hub who is logged in). The annotator is the signed-in account; no sign-in, no access."""
+    pytest.importorskip("itsdangerous")  # gradio's session cookies (gradio[oauth])
+    import time
+
+    import gradio.oauth
+    import httpx
+    from gradio_client import Client
+
+    from afine_apps.annotate import build_annotate
+
+    # gradio builds the mocked login once, at launch; the profile dict is shared, so changing it switches users
+    userinfo = {"sub": "1", "name": "alice", "preferred_username": "alice", "profile": "", "picture": ""}
+
+    def mocked_info():
+        return {"access_token": "t", "token_type": "bearer", "scope": "openid profile",
+                "expires_at": int(time.time()) + 3600, "userinfo": userinfo}
+
+    monkeypatch.setattr(gradio.oauth, "_get_mocked_oauth_info", mocked_info)
+    root, _ = diffiqa_dir
+    demo = build_annotate(AnnotationStore(root, seed=0), identity_from_env({"SPACE_ID": "me/x", "AFINE_ANNOTATORS": "alice"}))
+    monkeypatch.delenv("SPACE_ID", raising=False)  # gradio itself must take its local (mocked) OAuth routes
+    url = _launch(demo)
+
+    def signed_in_client(name):
+        userinfo.update(name=name, preferred_username=name)
+        with httpx.Client(base_url=url, follow_redirects=False) as http:
+            r = http.get("login/huggingface")
+            r = http.get(r.headers["location"])
+        cookie = r.headers["set-cookie"].split(";")[0]  # a Secure cookie: passed on by hand over http
+        return Client(url, verbose=False, download_files=False, headers={"Cookie": cookie})
+
+    try:
+        with pytest.raises(Exception, match="Sign in"):
+            Client(url, verbose=False, download_files=False).predict(api_name="/start")
+        with pytest.raises(Exception, match="not one of this app's annotators"):
+            signed_in_client("mallory").predict(api_name="/answer_left")
+        assert _label_files(root) == []
+        alice = signed_in_client("alice")
+        assert "**alice**" in alice.predict(api_name="/start")[2]
+        alice.predict(api_name="/answer_similar")
+    finally:
+        demo.close()
+    assert _label_files(root)[:2] == ["alice", "alice/01"]
+
+
+def test_served_images_do_not_reveal_the_reference(diffiqa_dir):
+    """The reference recurs in every pair of its group; its served copies must differ in URL, name and bytes."""
+    from gradio_client import Client
+
+    from afine_apps.annotate import build_annotate
+
+    root, arrays = diffiqa_dir
+    store = AnnotationStore(root, seed=0)
+    demo = build_annotate(store, Identity("allowlist", frozenset({"A"})))
+    url = _launch(demo)
+    urls, hashes = [], []
+    try:
+        client = Client(url, verbose=False)
+        left, right, text = client.predict("A", api_name="/start")
+        for _ in range(len(VARIANTS)):  # the three pairs of the first reference
+            for shown in (left, right):
+                img = np.asarray(Image.open(shown).convert("RGB"))
+                if np.array_equal(img, arrays[("Original", REFS[0])]):
+                    data = open(shown, "rb").read()
+                    hashes.append(data)
+                    urls.append(shown)
+            assert REFS[0] not in left + right and "Original" not in left + right
+            left, right, text = client.predict("A", api_name="/answer_similar")
+        folders = list(demo.afine_served.root.iterdir()) if hasattr(demo, "afine_served") else []
+    finally:
+        demo.close()
+    assert len(urls) == len(VARIANTS)
+    names = [u.replace("\\", "/").rsplit("/", 2)[-2:] for u in urls]  # (content-hash folder, file name)
+    assert len({n[0] for n in names}) == len({n[1] for n in names}) == len(VARIANTS)
+    assert len(set(hashes)) == len(VARIANTS)
+    # the app keeps only the pair a session shows now
+    assert all(len(list(f.iterdir())) <= 2 for f in folders)
+
+
+def test_gr_blocks_cleans_its_cache(diffiqa_dir):
+    from afine_apps.annotate import build_annotate
+
+    root, _ = diffiqa_dir
+    demo = build_annotate(AnnotationStore(root, seed=0), Identity("local", frozenset({LOCAL_ANNOTATOR})))
+    assert demo.delete_cache is not None and demo.delete_cache[1] <= 24 * 3600

@@ -98,7 +98,8 @@ def test_annotate_space_app_serves(tmp_path):
     (data / "images" / "01").mkdir()
     Image.fromarray(textured(16, 16, 0)).save(data / "images" / "Original" / "r1.png")
     Image.fromarray(textured(16, 16, 1)).save(data / "images" / "01" / "r1_01.png")
-    app = ServedApp(SPACES / "afine-annotate", subprocess_env(AFINE_ANNOTATE_DATA=str(data), AFINE_ANNOTATE_SEED="0"))
+    app = ServedApp(SPACES / "afine-annotate", subprocess_env(AFINE_ANNOTATE_DATA=str(data), AFINE_ANNOTATE_SEED="0",
+                                                              AFINE_ANNOTATORS="A"))
     try:
         client = Client(app.url, verbose=False)
         assert "pair 1 of 1" in client.predict("A", api_name="/start")[2]
