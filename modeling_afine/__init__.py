@@ -37,6 +37,7 @@ _EXPORTS = {
     "ModelNotAvailableError": "model_source",
     "resolve_model_dir": "model_source",
     "load_official_state_dict": "convert_afine_checkpoint",
+    "ImageQualityAssessmentPipeline": "pipeline_afine",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -55,6 +56,7 @@ if TYPE_CHECKING:  # pragma: no cover
         stretch_to_multiple,
     )
     from .scoring import AfineScorer, load_afine
+    from .pipeline_afine import ImageQualityAssessmentPipeline
 
 
 def __getattr__(name: str) -> Any:
