@@ -5,6 +5,7 @@ them is used (``from modeling_afine import AfineModel`` imports it then). ``Afin
 ``AfineImageProcessor`` are registered with the transformers Auto classes as soon as transformers' Auto
 registries are imported (at once if they already are), so ``import modeling_afine`` followed by
 ``AutoModel.from_pretrained(dir)`` works for converted checkpoints (see ``_auto_registration``).
+``transformers.pipeline("image-quality-assessment", model=dir)`` is registered the same way (``pipeline_afine``).
 """
 
 from __future__ import annotations
