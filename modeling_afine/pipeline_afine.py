@@ -8,9 +8,9 @@ With the package imported the task is registered in transformers' ``PIPELINE_REG
 
     pipe = pipeline("image-quality-assessment", model="afine")        # a converted folder or a Hub id
     pipe("distorted.png", reference="reference.png")
-    # {'score': 23.1, 'score_raw': -0.42, 'fidelity': -0.9, 'naturalness_distorted': 0.3, 'naturalness_reference': 0.1}
+    # {'score': ..., 'score_raw': ..., 'fidelity': ..., 'naturalness_distorted': ..., 'naturalness_reference': ...}
     pipe([{"distorted": "a.png", "reference": "ref.png"}, ...], batch_size=8)    # a list of such dicts
-    pipe("photo.png")                                                 # no reference: {'naturalness': 0.3}
+    pipe("photo.png")                                                 # no reference: {'naturalness': ...}
 
 Every converted or exported folder also carries this file and names it in ``config.json``
 (``custom_pipelines``), so without the package ``pipeline("image-quality-assessment", model=folder,

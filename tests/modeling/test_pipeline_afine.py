@@ -84,7 +84,7 @@ def test_registered_locally_and_shipped_in_the_folder(converted_dir, pipe):
     assert config.custom_pipelines == {} and config.to_dict()["custom_pipelines"] == saved
 
 
-def test_one_pair_in_every_input_form(pipe, scorer, images):
+def test_one_pair_in_every_input_form(pipe, scorer, images, model):
     arrays, paths = images
     expected = _expected(scorer, [paths["dis_a1"]], paths["ref_a"])[0]
     assert len(set(expected.values())) == 5  # five different numbers, not a saturated model
@@ -95,6 +95,10 @@ def test_one_pair_in_every_input_form(pipe, scorer, images):
     _assert_same(pipe({"distorted": paths["dis_a1"], "reference": arrays["ref_a"]}), expected)
     # float arrays in [0, 1] are the same image
     _assert_same(pipe(arrays["dis_a1"] / 255.0, reference=arrays["ref_a"].astype(np.float32) / 255), expected)
+    # a model object instead of a folder: the processor is built from its config
+    from_model = pipeline(TASK, model=model, device="cpu")
+    assert type(from_model.image_processor).__name__ == "AfineImageProcessor"
+    _assert_same(from_model(paths["dis_a1"], reference=paths["ref_a"]), expected)
 
 
 def test_list_of_pairs_in_batches(pipe, scorer, images):
