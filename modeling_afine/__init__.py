@@ -5,6 +5,7 @@ them is used (``from modeling_afine import AfineModel`` imports it then). ``Afin
 ``AfineImageProcessor`` are registered with the transformers Auto classes as soon as transformers' Auto
 registries are imported (at once if they already are), so ``import modeling_afine`` followed by
 ``AutoModel.from_pretrained(dir)`` works for converted checkpoints (see ``_auto_registration``).
+``transformers.pipeline("image-quality-assessment", model=dir)`` is registered the same way (``pipeline_afine``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ _EXPORTS = {
     "ModelNotAvailableError": "model_source",
     "resolve_model_dir": "model_source",
     "load_official_state_dict": "convert_afine_checkpoint",
+    "ImageQualityAssessmentPipeline": "pipeline_afine",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -55,6 +57,7 @@ if TYPE_CHECKING:  # pragma: no cover
         stretch_to_multiple,
     )
     from .scoring import AfineScorer, load_afine
+    from .pipeline_afine import ImageQualityAssessmentPipeline
 
 
 def __getattr__(name: str) -> Any:

@@ -11,6 +11,13 @@ finder on ``sys.meta_path`` that notices when one of the others is imported late
 ``AfineModel``, whose own import goes through transformers modules that may still be half-initialised at
 that moment (``modeling_layers`` imports the Auto classes), so it waits until the outermost import of a
 ``transformers``/``modeling_afine`` module has finished.
+
+A registration itself imports modules (``AfineModel`` pulls in ``image_processing_auto``, the pipeline pulls in
+``modeling_auto``), so a registry can become due while the registrations run: :func:`_flush` keeps draining
+until nothing is due, whatever the order in which the user imports and uses the Auto classes.
+
+Registered: ``AutoConfig``, ``AutoModel``, ``AutoImageProcessor`` (``AutoProcessor`` falls back to these two)
+and the ``"image-quality-assessment"`` task of ``transformers.pipeline`` (:mod:`modeling_afine.pipeline_afine`).
 """
 
 from __future__ import annotations
@@ -51,11 +58,31 @@ def _register_image_processor() -> None:
     AutoImageProcessor.register(AfineConfig, image_processor_classes={"pil": AfineImageProcessor}, exist_ok=True)
 
 
+def _register_pipeline() -> None:
+    from transformers.models.auto.modeling_auto import AutoModel
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    from .configuration_afine import AfineConfig
+    from .pipeline_afine import TASK, ImageQualityAssessmentPipeline
+
+    current = PIPELINE_REGISTRY.supported_tasks.get(TASK)
+    if current is not None and current.get("impl") is not ImageQualityAssessmentPipeline:
+        return  # someone else (a later transformers?) serves this task: leave it, and keep the folders' own pipeline
+    if current is None:
+        PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=ImageQualityAssessmentPipeline, pt_model=AutoModel,
+                                            type="image")
+    # A converted folder names its own copy of the pipeline in `custom_pipelines`, which transformers would load as
+    # remote code (and ask for trust_remote_code); the package's config class hides that entry, so the registered
+    # local pipeline serves the task (see AfineConfig.custom_pipelines).
+    AfineConfig._local_pipeline_tasks = frozenset({TASK})
+
+
 # registry module -> registration, in the order they are flushed
 _REGISTRATIONS: dict[str, Callable[[], None]] = {
     _AUTO + "configuration_auto": _register_config,
     _AUTO + "modeling_auto": _register_model,
     _AUTO + "image_processing_auto": _register_image_processor,
+    "transformers.pipelines": _register_pipeline,
 }
 
 _lock = threading.RLock()
@@ -69,16 +96,21 @@ def _depth() -> int:
 
 
 def _flush() -> None:
-    """Run the registrations whose registry module is loaded, unless a watched import is still in progress."""
+    """Run the registrations whose registry module is loaded, unless a watched import is still in progress.
+
+    Registries that get imported while the registrations run (they import transformers modules) are picked up
+    by the same loop: it drains until nothing is pending. A nested call (from the end of an import made by a
+    registration) returns at once and leaves them to that loop.
+    """
     if _depth() or getattr(_state, "flushing", False):
         return
     with _lock:
-        names = [name for name in _REGISTRATIONS if name in _pending]
-        if not names:
-            return
         _state.flushing = True
         try:
-            for name in names:
+            while True:
+                name = next((n for n in _REGISTRATIONS if n in _pending), None)
+                if name is None:
+                    return
                 _pending.discard(name)
                 _done.add(name)
                 try:

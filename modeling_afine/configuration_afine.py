@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 from transformers import CLIPVisionConfig, PretrainedConfig
 
@@ -53,6 +53,9 @@ class AfineConfig(PretrainedConfig):
 
     model_type = "afine"
     sub_configs = {"vision_config": CLIPVisionConfig}
+    #: pipeline tasks that a pipeline class registered in this process serves (set by ``modeling_afine`` on its
+    #: own class when it registers ``"image-quality-assessment"``; a copy loaded as remote code keeps it empty).
+    _local_pipeline_tasks: ClassVar[frozenset] = frozenset()
 
     def __init__(
         self,
@@ -113,6 +116,24 @@ class AfineConfig(PretrainedConfig):
         if self.size_multiple < 1:
             raise ValueError(f"size_multiple must be >= 1, got {self.size_multiple}")
         super().__init__(**kwargs)
+
+    @property
+    def custom_pipelines(self) -> dict[str, Any]:
+        """The folder's ``custom_pipelines`` (pipeline code shipped with the weights), less the tasks served by a
+        locally registered pipeline.
+
+        ``transformers.pipeline(task, model=folder)`` runs a task listed here as remote code, so it would ask
+        for ``trust_remote_code`` even when the package is imported and has registered the same pipeline. The
+        entry is kept as saved (``to_dict`` and ``save_pretrained`` write it unchanged); only reading it hides
+        what this process serves itself.
+        """
+        stored = self.__dict__.get("custom_pipelines") or {}
+        local = type(self)._local_pipeline_tasks
+        return {task: spec for task, spec in stored.items() if task not in local} if local else stored
+
+    @custom_pipelines.setter
+    def custom_pipelines(self, value: dict[str, Any]) -> None:
+        self.__dict__["custom_pipelines"] = value
 
     @property
     def num_feature_layers(self) -> int:

@@ -14,7 +14,9 @@ projection is split into q/k/v); the text tower and ``visual.proj`` (unused by A
 missing, unexpected or mis-shaped key aborts the conversion with the full list.
 
 Output: ``config.json``, ``model.safetensors``, ``preprocessor_config.json`` and the code files with an
-``auto_map``, so that ``AutoModel.from_pretrained(out, trust_remote_code=True)`` works without this package.
+``auto_map``, so that ``AutoModel.from_pretrained(out, trust_remote_code=True)`` works without this package, plus
+the pipeline module named in ``custom_pipelines``, so that ``transformers.pipeline("image-quality-assessment",
+model=out, trust_remote_code=True)`` does too.
 """
 
 from __future__ import annotations
@@ -335,10 +337,15 @@ def save_model_folder(
     model: Any, output_dir: str | Path, *, with_code: bool = True, state_dict: Optional[Mapping[str, Any]] = None
 ) -> Path:
     """Save ``model`` (an ``AfineModel``), its image processor and, with ``with_code``, the model code with
-    ``auto_map`` into ``output_dir``, so that ``AutoModel.from_pretrained(output_dir, trust_remote_code=True)``
-    works without this package. ``state_dict`` (optional) replaces the model's own, e.g. one gathered by
-    DeepSpeed / FSDP. Used by ``afine convert`` and by every training stage's export."""
+    ``auto_map`` and the pipeline module with ``custom_pipelines`` into ``output_dir``, so that
+    ``AutoModel.from_pretrained(output_dir, trust_remote_code=True)`` and ``transformers.pipeline(
+    "image-quality-assessment", model=output_dir, trust_remote_code=True)`` work without this package (without
+    ``with_code`` the config names no code at all). ``state_dict`` (optional) replaces the model's own, e.g. one
+    gathered by DeepSpeed / FSDP. Used by ``afine convert`` and by every training stage's export."""
+    from transformers.dynamic_module_utils import custom_object_save
+
     from .image_processing_afine import AfineImageProcessor
+    from .pipeline_afine import ImageQualityAssessmentPipeline, custom_pipelines_entry
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -347,6 +354,8 @@ def save_model_folder(
     )
     classes = (type(model.config), type(model), AfineImageProcessor)
     previous = [getattr(c, "_auto_class", None) for c in classes]
+    saved_keys = ("auto_map", "custom_pipelines")  # what a folder loaded earlier may carry in its config
+    previous_keys = {k: model.config.__dict__[k] for k in saved_keys if k in model.config.__dict__}
     try:
         if with_code:
             # Copies configuration/modeling/processing files (and their relative imports) next to the weights
@@ -354,11 +363,21 @@ def save_model_folder(
             type(model.config).register_for_auto_class()
             type(model).register_for_auto_class("AutoModel")
             AfineImageProcessor.register_for_auto_class("AutoImageProcessor")
+            # transformers.pipeline("image-quality-assessment", model=folder, trust_remote_code=True) without
+            # this package: the pipeline module (and its relative imports) plus `custom_pipelines`.
+            model.config.custom_pipelines = custom_pipelines_entry()
+            custom_object_save(ImageQualityAssessmentPipeline, output_dir)
+        else:  # no code in the folder: it must not point at any
+            for key in saved_keys:
+                model.config.__dict__.pop(key, None)
         model.save_pretrained(output_dir, state_dict=dict(state_dict) if state_dict is not None else None)
         processor.save_pretrained(output_dir)
     finally:  # do not leak the registration into later, unrelated saves
         for cls, value in zip(classes, previous):
             cls._auto_class = value
+        for key in saved_keys:
+            model.config.__dict__.pop(key, None)
+        model.config.__dict__.update(previous_keys)
     return output_dir
 
 
@@ -413,6 +432,11 @@ def write_model_card(output_dir: str | Path, *, source: str = "afine.pth", with_
         'model = AutoModel.from_pretrained("ORG/afine", trust_remote_code=True)\n'
         if with_code else ""
     )
+    remote_pipe = (
+        "\n# without the afine-hf package (the pipeline code is in this repository):\n"
+        'pipe = pipeline("image-quality-assessment", model="ORG/afine", trust_remote_code=True)\n'
+        if with_code else ""
+    )
     text = f"""---
 {data.to_yaml()}
 ---
@@ -441,6 +465,22 @@ model = AutoModel.from_pretrained("ORG/afine")   # or the local folder, e.g. "af
 scorer = AfineScorer("ORG/afine")
 print(scorer.score("distorted.png", "reference.png").score)   # lower is better
 ```
+
+### transformers pipeline
+
+```python
+import modeling_afine                      # registers the "image-quality-assessment" task
+from transformers import pipeline
+
+pipe = pipeline("image-quality-assessment", model="ORG/afine")
+{remote_pipe}
+pipe("distorted.png", reference="reference.png")
+# {{'score': ..., 'score_raw': ..., 'fidelity': ..., 'naturalness_distorted': ..., 'naturalness_reference': ...}}
+pipe([{{"distorted": "a.png", "reference": "ref.png"}}, {{"distorted": "b.png", "reference": "ref.png"}}], batch_size=8)
+pipe("photo.png")                          # no reference: {{'naturalness': ...}}
+```
+
+Inputs are paths, PIL images or numpy arrays; every number is lower-is-better.
 
 The `evaluate` metric: `evaluate.load("afine", model="ORG/afine")` (see the afine-hf documentation).
 Command line: `afine score distorted.png reference.png --model ORG/afine`.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -27,8 +28,8 @@ def converted_default(tmp_path_factory):
 
 def test_default_output_folder_is_afine(converted_default):
     out = converted_default / "afine"
-    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md", "modeling_afine.py"} <= {
-        p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md", "modeling_afine.py",
+            "pipeline_afine.py"} <= {p.name for p in out.iterdir()}
 
 
 def test_model_card_metadata(converted_default):
@@ -41,6 +42,10 @@ def test_model_card_metadata(converted_default):
     assert meta["base_model"] == "openai/clip-vit-base-patch32"
     assert "image-quality-assessment" in meta["tags"]
     assert "lower-is-better" in card.text and "trust_remote_code=True" in card.text
+    # the transformers pipeline, with the package and (code in the repository) without it
+    assert 'pipeline("image-quality-assessment", model="ORG/afine")' in card.text
+    assert 'pipeline("image-quality-assessment", model="ORG/afine", trust_remote_code=True)' in card.text
+    assert 'pipe("distorted.png", reference="reference.png")' in card.text
 
 
 def test_model_card_without_code(tmp_path):
@@ -51,6 +56,10 @@ def test_model_card_without_code(tmp_path):
     out = convert_afine_checkpoint(tmp_path / "afine.pth", tmp_path / "m", with_code=False)
     meta = metadata_load(out / "README.md")
     assert "custom_code" not in meta["tags"] and "trust_remote_code" not in (out / "README.md").read_text()
+    assert 'pipeline("image-quality-assessment", model="ORG/afine")' in (out / "README.md").read_text()
+    config = json.loads((out / "config.json").read_text())  # no code in the folder, and none named
+    assert "auto_map" not in config and "custom_pipelines" not in config
+    assert not list(out.glob("*.py"))
     assert convert_afine_checkpoint(tmp_path / "afine.pth", tmp_path / "n", model_card=False)
     assert not (tmp_path / "n" / "README.md").exists()
 
@@ -58,9 +67,11 @@ def test_model_card_without_code(tmp_path):
 LOAD = """
 import sys
 {block}
-from transformers import AutoModel
+from transformers import AutoModel, pipeline
 model = AutoModel.from_pretrained("afine"{extra})
 print("CLASS", type(model).__module__)
+pipe = pipeline("image-quality-assessment", model="afine"{extra})
+print("PIPELINE", type(pipe).__module__, type(pipe.model).__module__)
 """
 
 
@@ -72,10 +83,14 @@ def test_automodel_from_pretrained_afine_literally(converted_default, mode, tmp_
         block, extra = "sys.modules['modeling_afine'] = None", ", trust_remote_code=True"
     proc = subprocess.run([sys.executable, "-c", LOAD.format(block=block, extra=extra)], cwd=str(converted_default),
                           env=subprocess_env(HF_MODULES_CACHE=str(tmp_path / "modules")), capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, stdin=subprocess.DEVNULL)  # a trust prompt fails at once
     assert proc.returncode == 0, proc.stderr[-3000:]
     module = [ln.split(" ", 1)[1] for ln in proc.stdout.splitlines() if ln.startswith("CLASS")][0]
+    pipe, pipe_model = [ln.split()[1:] for ln in proc.stdout.splitlines() if ln.startswith("PIPELINE")][0]
     if mode == "package":
-        assert module == "modeling_afine.modeling_afine"
+        assert module == pipe_model == "modeling_afine.modeling_afine"
+        assert pipe == "modeling_afine.pipeline_afine"
     else:
         assert module.startswith("transformers_modules.") and module.endswith("modeling_afine")
+        assert pipe.startswith("transformers_modules.") and pipe.endswith(".pipeline_afine")
+        assert pipe_model.startswith("transformers_modules.") and pipe_model.endswith(".modeling_afine")
