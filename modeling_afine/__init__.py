@@ -37,6 +37,8 @@ _EXPORTS = {
     "ModelNotAvailableError": "model_source",
     "resolve_model_dir": "model_source",
     "load_official_state_dict": "convert_afine_checkpoint",
+    "AfineLoss": "loss",
+    "AfineMetric": "metric",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -55,6 +57,8 @@ if TYPE_CHECKING:  # pragma: no cover
         stretch_to_multiple,
     )
     from .scoring import AfineScorer, load_afine
+    from .loss import AfineLoss
+    from .metric import AfineMetric
 
 
 def __getattr__(name: str) -> Any:
