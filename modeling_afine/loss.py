@@ -144,20 +144,24 @@ class AfineLoss(nn.Module):
             copied): it is frozen (``requires_grad=False``) and put in eval mode.
         output: which of the five numbers to return (all lower-is-better):
 
-            - ``"score"`` (default): the 0–100 A-FINE score, as ``afine score`` prints it. Chosen because it is
-              bounded and its slope is steady where real pairs lie: d score / d A = 100 σ'(z)/|η4| stays between
-              about 2.9 and 10.5 for A in [−4, 4] (the fidelity-dominated range of ordinary outputs). It
-              flattens only as A → −∞, which happens when the output is judged much *more natural* than the
-              reference; there the flattening caps the naturalness reward instead of letting it grow
-              exponentially, so an output can beat a soft reference but cannot run away.
+            - ``"fidelity"`` (default): F in (−2, 2), the calibrated full-reference term (a DISTS-style
+              comparison of CLIP features and pixels). Chosen as the default because it is bounded, smooth,
+              cannot be lowered by making the output "look natural" at the cost of the reference, and needs no
+              weighting against a pixel loss beyond ``l1 + 0.1 * afine``-style factors. In the safeguard test
+              (tests/modeling/test_loss_safeguards.py) ``fidelity`` + L1 lowers fidelity and MSE while
+              ``score`` and ``score_raw`` — even with a strong L1 term — let a few Adam steps on the pixels
+              push the naturalness term to its floor (score 0, score_raw about −1e4).
+            - ``"score"``: the 0–100 A-FINE score, as ``afine score`` prints it; it includes the naturalness
+              reward, so it can prefer an output that beats a soft reference. Bounded, but it **saturates**:
+              100·σ((A − η3)/|η4|) flattens to 0 as A → −∞ (outputs judged far more natural than the reference
+              all look alike), and naturalness can be gamed there. Use with a small weight next to a pixel or
+              fidelity loss, and watch fidelity/MSE on validation.
             - ``"score_raw"``: A = λ·N_dis + F with λ = exp(softplus(k)·(N_ref − N_dis)), k ≈ 5: **unbounded
-              below** (down to about −1e9), and its gradient grows exponentially as N_dis falls below N_ref.
-              Minimising it alone drives images towards whatever the naturalness head likes at any cost to
-              fidelity (with random weights, five Adam steps on pixels took it to −11,574). Avoid as a loss.
-            - ``"fidelity"``: F in (−2, 2), the full-reference term only (a DISTS-like distance); bounded and
-              safe, but it never rewards an output for beating its reference.
+              below** (down to about −1e9), and its gradient grows exponentially once N_dis falls below N_ref.
+              Minimising it drives images towards whatever the naturalness head likes at any cost to fidelity
+              (with random weights, five Adam steps on pixels took it to −11,574). Do not use it as a loss.
             - ``"naturalness_distorted"``: N of ``pred`` in (−2, 2), no reference needed (``target`` may be
-              None); a no-reference regulariser. Do not use it alone: pair it with a pixel or fidelity loss.
+              None); a no-reference regulariser. Never alone: pair it with a pixel or fidelity loss.
             - ``"naturalness_reference"``: N of ``target``; constant with respect to ``pred`` (for logging).
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` (shape ``(B,)``).
         input_range: ``(0, 1)`` (default) or ``(-1, 1)`` (diffusion/GAN outputs): the range of ``pred`` and
@@ -182,15 +186,16 @@ class AfineLoss(nn.Module):
     ``.cuda()`` on the parent still move them (a parent's ``.half()``/``.to(dtype)`` does not change A-FINE's
     precision: use ``dtype=``). The loss always stays in eval mode. Reach the model as ``loss.model``.
 
-    Safeguards against "naturalness hacking" (see the docs): use the default ``"score"`` (bounded) rather than
-    ``"score_raw"``; add a pixel loss (L1/MSE, weighted about 100x against the 0–100 score, e.g.
-    ``l1 + 0.01 * afine``); or use ``"fidelity"`` for a purely full-reference signal.
+    Safeguards against "naturalness hacking" (docs/loss-and-metric.md): the default ``"fidelity"`` cannot be
+    gamed through naturalness; never minimise ``"score_raw"``; when you want the naturalness reward
+    (``"score"``), keep a pixel loss and the fidelity term in the objective with most of the weight (e.g.
+    ``l1 + 0.1 * fidelity + 0.001 * score``) and monitor fidelity and MSE.
     """
 
     def __init__(
         self,
         model: ModelArg = None,
-        output: str = "score",
+        output: str = "fidelity",
         reduction: str = "mean",
         input_range: Sequence[float] = (0, 1),
         dtype: Optional[Union[str, torch.dtype]] = None,

@@ -79,6 +79,8 @@ else:
             if output != "all" and output not in OUTPUTS:
                 raise ValueError(f"output must be 'all' or one of {', '.join(OUTPUTS)}; got {output!r}")
             self.output = output
+            bounds = {"score": (0.0, 100.0), "score_raw": (None, None), "all": (None, None)}
+            self.plot_lower_bound, self.plot_upper_bound = bounds.get(output, (-2.0, 2.0))
             # The shared preprocessing and model call; its A-FINE weights stay outside the module tree.
             self.afine = AfineLoss(model, output="score", reduction="none", input_range=input_range, dtype=dtype)
             self.add_state("sums", default=torch.zeros(len(OUTPUTS), dtype=torch.float64), dist_reduce_fx="sum")
@@ -98,3 +100,7 @@ else:
             if self.output == "all":
                 return {name: means[i] for i, name in enumerate(OUTPUTS)}
             return means[OUTPUTS.index(self.output)]
+
+        def plot(self, val: Any = None, ax: Any = None) -> Any:
+            """torchmetrics' plot of the current value (or ``val``, one value or a list); needs matplotlib."""
+            return self._plot(val, ax)
