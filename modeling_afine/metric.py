@@ -64,8 +64,6 @@ else:
         higher_is_better = False
         is_differentiable = True
         full_state_update = False
-        plot_lower_bound = 0.0
-        plot_upper_bound = 100.0
 
         def __init__(
             self,
@@ -79,8 +77,6 @@ else:
             if output != "all" and output not in OUTPUTS:
                 raise ValueError(f"output must be 'all' or one of {', '.join(OUTPUTS)}; got {output!r}")
             self.output = output
-            bounds = {"score": (0.0, 100.0), "score_raw": (None, None), "all": (None, None)}
-            self.plot_lower_bound, self.plot_upper_bound = bounds.get(output, (-2.0, 2.0))
             # The shared preprocessing and model call; its A-FINE weights stay outside the module tree.
             self.afine = AfineLoss(model, output="score", reduction="none", input_range=input_range, dtype=dtype)
             self.add_state("sums", default=torch.zeros(len(OUTPUTS), dtype=torch.float64), dist_reduce_fx="sum")
