@@ -19,6 +19,23 @@ METRICS_EXTRA_HINT = (
     "(or pip install 'torchmetrics>=1.4')"
 )
 
+def _warn_if_unsynchronised() -> None:
+    """Under torchrun/accelerate (``WORLD_SIZE`` > 1) without a process group torchmetrics cannot synchronise."""
+    import os
+    import warnings
+
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.isdigit() and int(world) > 1:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            warnings.warn(
+                f"AfineMetric: WORLD_SIZE={world} but torch.distributed is not initialised, so this mean covers this "
+                "process's images only; call torch.distributed.init_process_group() first (Lightning and accelerate do)",
+                stacklevel=3,
+            )
+
+
 try:
     from torchmetrics import Metric as _Metric
 except ImportError:  # the optional extra is missing
@@ -92,6 +109,7 @@ else:
 
         def compute(self) -> Union[torch.Tensor, dict[str, torch.Tensor]]:
             """The mean ``output`` (float32; lower is better), or a dict of the five means for ``"all"``."""
+            _warn_if_unsynchronised()
             means = (self.sums / self.count).to(torch.float32)
             if self.output == "all":
                 return {name: means[i] for i, name in enumerate(OUTPUTS)}

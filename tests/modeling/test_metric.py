@@ -64,6 +64,17 @@ def test_metric_means_equal_the_scorer(model, batch):
         AfineMetric(model, output="mos")
 
 
+def test_metric_warns_when_launched_distributed_without_a_process_group(model, batch, monkeypatch):
+    from modeling_afine import AfineMetric
+
+    preds, target, _, _ = batch
+    metric = AfineMetric(model)
+    metric.update(preds[:1], target[:1])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.warns(UserWarning, match="init_process_group"):
+        metric.compute()
+
+
 def test_metric_is_differentiable(model, batch):
     from modeling_afine import AfineMetric
 
