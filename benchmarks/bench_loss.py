@@ -145,18 +145,20 @@ def rss_in_subprocess(args, kind: str, dtype: str, size: int) -> float:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="converted A-FINE directory (default: random full-size weights)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
-    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--sizes", type=int, nargs="+", help="square sizes (default 256 512; --quick: 64 96)")
+    parser.add_argument("--batch", type=int, help="images per batch (default 4; --quick: 2)")
     parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES))
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (median and min-max reported)")
+    parser.add_argument("--repeats", type=int, help="interleaved rounds, median and min-max reported (default 5; --quick: 2)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--quick", action="store_true", help="tiny model, 64 and 96 px, batch 2, 2 rounds")
+    parser.add_argument("--quick", action="store_true", help="tiny model and small defaults: proves the script works")
     parser.add_argument("--no-rss", action="store_true", help="CPU: skip the per-row peak-RSS subprocesses")
     parser.add_argument("--single", nargs=3, metavar=("KIND", "DTYPE", "SIZE"), help=argparse.SUPPRESS)
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
-    if args.quick and not args.single:
-        args.sizes, args.batch, args.repeats = [64, 96], 2, 2
+    defaults = ([64, 96], 2, 2) if args.quick else ([256, 512], 4, 5)
+    args.sizes = args.sizes or defaults[0]
+    args.batch = args.batch or defaults[1]
+    args.repeats = args.repeats or defaults[2]
     device = torch.device(args.device)
     model = build_model(args.model, "fp32", tiny=args.quick).to(device)
     model.requires_grad_(False)

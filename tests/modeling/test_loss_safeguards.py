@@ -13,17 +13,17 @@ import torch
 import torch.nn.functional as F
 
 from .conftest import _photo
-from .reference_afine import random_official_checkpoint
 
 
 @pytest.fixture(scope="module")
-def k5_model(tmp_path_factory):
+def k5_model(converted_dir):
+    """The tiny test model with the adapter's k set to 5, the official initialisation (softplus(5) = 5.0067)."""
     from modeling_afine import AfineModel
-    from modeling_afine.convert_afine_checkpoint import convert_afine_checkpoint
 
-    folder = tmp_path_factory.mktemp("k5")
-    torch.save(random_official_checkpoint(seed=0, k=5.0), folder / "afine.pth")  # k = 5: the official init
-    return AfineModel.from_pretrained(convert_afine_checkpoint(folder / "afine.pth", folder / "converted")).eval()
+    model = AfineModel.from_pretrained(converted_dir).eval()
+    with torch.no_grad():
+        model.adapter.k.fill_(5.0)
+    return model
 
 
 @pytest.fixture(scope="module")
