@@ -303,7 +303,7 @@ def test_adam_steps_lower_the_loss(converted_dir, photos):
             value = loss(x, ref)
             value.backward()
             opt.step()
-            values.append(float(value))
+            values.append(float(value.detach()))
         assert float(loss(x.detach(), ref)) < values[0], (output, values)
 
 
