@@ -184,7 +184,9 @@ class AfineLoss(nn.Module):
     tree, so a parent's ``state_dict()``/checkpoints, ``parameters()`` (optimisers, DDP's all-reduce and its
     unused-parameter check, ``requires_grad_``) and ``.train()`` never see them, while ``.to(device)`` /
     ``.cuda()`` on the parent still move them (a parent's ``.half()``/``.to(dtype)`` does not change A-FINE's
-    precision: use ``dtype=``). The loss always stays in eval mode. Reach the model as ``loss.model``.
+    precision: use ``dtype=``). The loss always stays in eval mode and its weights frozen (its own
+    ``requires_grad_`` is a no-op); ``loss.parameters()`` lists them (all frozen) for inspection, and
+    ``loss.state_dict()`` is empty. Reach the model as ``loss.model``.
 
     Safeguards against "naturalness hacking" (docs/loss-and-metric.md): the default ``"fidelity"`` cannot be
     gamed through naturalness; never minimise ``"score_raw"``; when you want the naturalness reward
@@ -233,6 +235,21 @@ class AfineLoss(nn.Module):
         """No-op: the loss and its model always stay in eval mode (a parent's ``.train()`` lands here)."""
         self.training = False
         self._afine.eval()
+        return self
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
+        """A-FINE's frozen parameters (named ``model.*``), listed for inspection when asked of the loss itself.
+
+        A parent's ``parameters()``/``named_parameters()`` walk registered submodules and never reach these.
+        """
+        if not recurse:
+            return iter(())
+        return self._afine.named_parameters(
+            prefix=f"{prefix}.model" if prefix else "model", recurse=True, remove_duplicate=remove_duplicate
+        )
+
+    def requires_grad_(self, requires_grad: bool = True) -> "AfineLoss":
+        """No-op: A-FINE's weights stay frozen (``requires_grad=False``)."""
         return self
 
     def _apply(self, fn: Any, recurse: bool = True) -> "AfineLoss":

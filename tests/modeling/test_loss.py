@@ -197,7 +197,11 @@ def test_frozen_outside_the_module_tree_and_always_eval(converted_dir):
     loss = AfineLoss(converted_dir)
     assert isinstance(loss.model, AfineModel)
     assert loss.model.num_parameters() > 0 and not any(p.requires_grad for p in loss.model.parameters())
-    assert list(loss.parameters()) == [] and loss.state_dict() == {}
+    own = list(loss.parameters())
+    assert len(own) == len(list(loss.model.parameters())) and not any(p.requires_grad for p in own)
+    assert loss.state_dict() == {}
+    loss.requires_grad_(True)
+    assert not any(p.requires_grad for p in loss.parameters())
     parent = _Restorer(loss)
     assert set(parent.state_dict()) == {"net.weight", "net.bias"}
     assert len(list(parent.parameters())) == 2
