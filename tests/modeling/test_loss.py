@@ -24,7 +24,7 @@ OUTPUTS = ("score", "score_raw", "fidelity", "naturalness_distorted", "naturalne
 
 def _tensor(img: np.ndarray, dtype=torch.float32) -> torch.Tensor:
     """uint8 HWC -> [1, 3, H, W] in [0, 1], as a PNG reader + /255 gives it."""
-    return (torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].to(dtype) / 255).contiguous()
+    return (torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].to(dtype) / 255).contiguous()
 
 
 @pytest.fixture(scope="module")
