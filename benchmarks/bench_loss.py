@@ -4,8 +4,9 @@
     python benchmarks/bench_loss.py --quick                            # tiny model, small sizes: proves the script works
 
 Rows (batch ``--batch`` of ``--sizes`` squares; full-size ViT-B/32 with random weights unless ``--model DIR``):
-  official-style   what a pyiqa ``as_loss=True`` user gets: weights not frozen (pyiqa leaves them trainable), both
-                   images through CLIP in one pass with gradients enabled, all 12 block outputs kept, then the heads
+  official-style   what a pyiqa ``as_loss=True`` user gets: weights not frozen (pyiqa leaves them trainable), one
+                   pair per call (pyiqa's A-FINE handles batch 1 only), both images through CLIP in one pass with
+                   gradients enabled, all 12 block outputs kept, then the heads
                    (``bench_big_image.all_features_forward``); backward to the prediction
   AfineLoss        ``AfineLoss(output="score")``: frozen weights, the reference encoded under no_grad, block outputs
                    reduced to statistics as they come
