@@ -333,5 +333,10 @@ def test_bad_arguments_are_one_line_errors(converted_dir, loss_fn):
         loss_fn((x * 255).to(torch.uint8), x)
     with pytest.raises(ValueError, match="needs a target"):
         loss_fn(x)
+    meta = torch.empty(2, 3, 32, 32, device="meta")
+    with pytest.raises(ValueError, match="pred is on meta but A-FINE is on cpu"):
+        loss_fn(meta, meta)
+    with pytest.raises(ValueError, match="target is on meta"):
+        loss_fn(x, meta)
     with pytest.warns(UserWarning, match=r"input_range=\(-1, 1\)"):
         loss_fn(x, x * 2 - 1)
