@@ -39,6 +39,8 @@ _EXPORTS = {
     "resolve_model_dir": "model_source",
     "load_official_state_dict": "convert_afine_checkpoint",
     "ImageQualityAssessmentPipeline": "pipeline_afine",
+    "AfineLoss": "loss",
+    "AfineMetric": "metric",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -58,6 +60,8 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from .scoring import AfineScorer, load_afine
     from .pipeline_afine import ImageQualityAssessmentPipeline
+    from .loss import AfineLoss
+    from .metric import AfineMetric
 
 
 def __getattr__(name: str) -> Any:

@@ -109,7 +109,10 @@ def image_to_tensor(image: ImageLike, name: str = "image") -> torch.Tensor:
 
     Accepts a path, a PIL image, a numpy array ``(H, W)`` / ``(H, W, C)`` (uint8, uint16 or float in [0, 1])
     or a torch tensor ``(C, H, W)`` / ``(H, W)`` (uint8, or float in [0, 1]). 16-bit data keeps its high
-    byte (as OpenCV did in the official pipeline); grayscale is replicated and alpha dropped.
+    byte (as OpenCV did in the official pipeline); grayscale is replicated and alpha dropped. A float tensor
+    keeps its autograd graph (it is not detached), so gradients reach it through the processor; it is moved to
+    the CPU like every other input (for training on a GPU use :class:`~modeling_afine.AfineLoss`, which does
+    the same preprocessing on the tensor's own device).
 
     Raises :class:`ImageLoadError` (naming the file) for unreadable files and for images over the scoring
     budget (:data:`DEFAULT_MAX_SCORE_PIXELS`; a file's size is read from its header before decoding).
@@ -147,7 +150,8 @@ def image_to_tensor(image: ImageLike, name: str = "image") -> torch.Tensor:
         tensor = torch.from_numpy(np.ascontiguousarray(data)).permute(2, 0, 1)
         return _nonempty(_drop_or_replicate_channels(tensor, name).contiguous(), name)
     if isinstance(image, torch.Tensor):
-        t = image.detach()
+        # No detach: a float tensor that requires grad keeps its graph through the processor (loss use).
+        t = image
         if t.ndim == 2:
             t = t[None]
         if t.ndim != 3:
@@ -187,6 +191,11 @@ class AfineImageProcessor(BaseImageProcessor):
     ``processor(distorted, reference)`` returns a :class:`BatchFeature` with ``distorted`` and ``reference``
     float32 tensors ``[B, 3, H', W']`` (CLIP-normalised, H' and W' multiples of 32), ready for
     ``model(**inputs)``. Without ``reference`` only ``distorted`` is returned (for ``model.naturalness``).
+    Tensor inputs that require grad keep their graph: ``model(**processor(x, y)).score.sum().backward()``
+    fills ``x.grad``. :class:`AfineModel` itself expects these *normalised* tensors and cannot tell raw [0, 1]
+    images from normalised ones (both are valid inputs numerically), so never feed it unnormalised tensors;
+    :class:`~modeling_afine.AfineLoss` and :class:`~modeling_afine.AfineMetric` take raw images and normalise
+    inside the graph.
 
     Args:
         image_mean, image_std: normalisation constants (OpenAI CLIP).
@@ -220,8 +229,8 @@ class AfineImageProcessor(BaseImageProcessor):
 
     def normalize_tensor(self, image: torch.Tensor) -> torch.Tensor:
         """CLIP normalisation of ``[..., 3, H, W]`` float images in [0, 1]; returns a new tensor."""
-        mean = torch.tensor(self.image_mean, dtype=image.dtype).view(3, 1, 1)
-        std = torch.tensor(self.image_std, dtype=image.dtype).view(3, 1, 1)
+        mean = torch.tensor(self.image_mean, dtype=image.dtype, device=image.device).view(3, 1, 1)
+        std = torch.tensor(self.image_std, dtype=image.dtype, device=image.device).view(3, 1, 1)
         return (image - mean) / std
 
     def _load_batch(self, images: Any, what: str) -> list[torch.Tensor]:
