@@ -37,6 +37,8 @@ _EXPORTS = {
     "ModelNotAvailableError": "model_source",
     "resolve_model_dir": "model_source",
     "load_official_state_dict": "convert_afine_checkpoint",
+    "score_methods": "method_scores",
+    "Leaderboard": "leaderboard",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -55,6 +57,8 @@ if TYPE_CHECKING:  # pragma: no cover
         stretch_to_multiple,
     )
     from .scoring import AfineScorer, load_afine
+    from .method_scores import score_methods
+    from .leaderboard import Leaderboard
 
 
 def __getattr__(name: str) -> Any:
