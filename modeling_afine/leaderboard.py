@@ -295,10 +295,11 @@ def _describe(scores, confidence_level: float, n_resamples: int, seed: int) -> d
         return out
     from scipy.stats import bootstrap
 
-    res = bootstrap(
-        (scores,), np.mean, n_resamples=n_resamples, confidence_level=confidence_level, method="percentile",
-        vectorized=True, rng=np.random.default_rng(seed),
-    )
+    options = dict(n_resamples=n_resamples, confidence_level=confidence_level, method="percentile", vectorized=True)
+    try:
+        res = bootstrap((scores,), np.mean, rng=np.random.default_rng(seed), **options)
+    except TypeError:  # scipy < 1.15 names the generator random_state
+        res = bootstrap((scores,), np.mean, random_state=np.random.default_rng(seed), **options)
     out["ci95_low"] = float(res.confidence_interval.low)
     out["ci95_high"] = float(res.confidence_interval.high)
     return out
