@@ -16,8 +16,12 @@ one line, before torch is imported. Outputs without a ground truth and ground tr
 named (the count and the first few on the terminal, all of them in ``--output``) and do not change the exit
 code.
 
-Exit codes: 0 all scored; 1 some inputs failed (each failure is reported, naming the file); 2 usage error, or
-the model or device is not available; 130 interrupted (Ctrl-C; what was saved is kept and a rerun resumes).
+A memory fault during a batch halves the batch and retries, down to one pair, which then becomes an error
+record (see ``AfineScorer._forward_batch``); the run goes on.
+
+Exit codes: 0 all scored; 1 some inputs failed (each failure is reported, naming the file); 2 usage error, bad
+input paths (see above), or the model or device is not available; 130 interrupted (Ctrl-C; what was saved is
+kept and a rerun resumes).
 
 ``--output`` records (one JSON object per line) hold ``method`` (the method folder's name, the CSV's ``method``
 cell, or null), ``image`` (folder runs: the relative path without extension), ``distorted`` / ``reference`` as

@@ -173,6 +173,8 @@ class Leaderboard:
                 f"note: the methods cover different images; statistics and ranks use the {self.n_common} images "
                 "all of them have (n/n_total)"
             )
+        elif len(self.methods) > 1 and self.n_common == 0:
+            lines.append("note: no image is shared by all the methods; each row uses the method's own images")
         if self.comparisons:
             lines.append("pairwise, on shared images (wins: lower score; p: Wilcoxon signed-rank, two-sided):")
             for c in self.comparisons[:max_comparisons]:

@@ -270,6 +270,12 @@ def test_refusals_before_the_model_exit_2_in_under_a_second(tree, tmp_path):
     assert "two folders with matching names" in lines[-1] and "give the folders" in lines[-1]
     assert wall < 10  # interpreter start-up included, on a loaded machine
 
+    # two methods' outputs of one image against its ground truth is not the shell-glob mistake
+    from modeling_afine.folder_pairing import glob_mixup
+
+    assert glob_mixup([f"{m1}/baby.png", f"{tree}/m2/baby.png"], f"{gt}/baby.png") is None
+    assert glob_mixup([f"{m1}/baby.png", f"{m1}/comic.png"], f"{gt}/baby.png") is None
+
     # the whole command for a missing folder, timed from outside as a user sees it
     start = time.perf_counter()
     res = subprocess.run([sys.executable, "-m", "modeling_afine", "score", str(tmp_path / "missing"), gt], capture_output=True, text=True, env=env, timeout=60)
@@ -327,6 +333,13 @@ def test_pairs_header_in_any_order_method_column_and_headerless(tree, folder_run
         assert (a["method"], a["n"], a["n_total"], a["rank"]) == (b["method"], b["n"], b["n_total"], b["rank"])
         assert a["mean"] == pytest.approx(b["mean"], rel=1e-6)
     assert "Leaderboard" in stdout and " vs " not in stdout.split("Leaderboard")[0]  # no per-pair lines with --output
+
+    # the plain swapped header of the bug report
+    from modeling_afine.cli_score import _read_pairs
+
+    plain_swapped = tmp_path / "plain_swapped.csv"
+    plain_swapped.write_text(f"reference,distorted\n{paths[rows[0]][1]},{paths[rows[0]][0]}\n")
+    assert _read_pairs(str(plain_swapped)) == ([(paths[rows[0]][0], paths[rows[0]][1], None)], False)
 
     # no header: distorted, reference by position, as before
     plain = tmp_path / "plain.csv"
