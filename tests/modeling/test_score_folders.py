@@ -431,10 +431,19 @@ def test_memory_fault_in_the_command_is_an_error_record_without_traceback(tree, 
 # ------------------------------------------------------------------ Python API, resume and sharding of folder runs
 
 
-def test_score_methods_returns_the_command_line_table(tree, folder_run, model):
+def test_score_methods_returns_the_command_line_table(tree, folder_run, model, monkeypatch):
     from modeling_afine import score_methods
 
+    encoded, passes = [], []
+    encode, embed = model.encode_reference, model.vision_model.embeddings.forward
+    monkeypatch.setattr(model, "encode_reference", lambda x: encoded.append(x.shape[0]) or encode(x))
+    # every backbone pass starts with the patch embedding: count the images that go through it
+    monkeypatch.setattr(model.vision_model.embeddings, "forward", lambda x, **kw: passes.append(x.shape[0]) or embed(x, **kw))
     result = score_methods({"m1": tree / "m1", "m2": tree / "m2"}, tree / "gt", scorer=AfineScorer(model))
+    # three ground truths shared by both methods: each encoded once (K + 1 = 3 images through the backbone each);
+    # "comic" has one output only and goes with it in one joint pass of 2 images: 3 * 3 + 2 = 11, not 2 * 7
+    assert encoded == [1, 1, 1]
+    assert sum(passes) == 11
     cli = {(r["method"], r["image"]): r["score"] for r in _lines(folder_run["out"]) if "score" in r}
     assert {(r["method"], r["image"]): pytest.approx(r["score"], rel=1e-6) for r in result.records} == cli
     board = json.loads((folder_run["dir"] / "board.json").read_text())["methods"]
