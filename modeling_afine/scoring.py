@@ -161,6 +161,8 @@ def _capture(fn: Callable[..., Any], *args: Any) -> Any:
         return fn(*args)
     except _INPUT_ERRORS as exc:
         return exc
+    except MemoryError as exc:  # decoding an image did not fit (named by _load): its pair fails, the run goes on
+        return exc
 
 
 # torch.OutOfMemoryError (torch >= 2.5) is what torch.cuda.OutOfMemoryError aliases today
@@ -287,7 +289,10 @@ class AfineScorer:
         return next(self.model.parameters()).device
 
     def _load(self, image: ImageLike, name: str) -> torch.Tensor:
-        return self.processor.normalize_tensor(image_to_tensor(image, name))
+        try:
+            return self.processor.normalize_tensor(image_to_tensor(image, name))
+        except MemoryError:
+            raise MemoryError(f"{name}: out of memory decoding this image") from None
 
     def _group_by_size(
         self, images: Sequence[ImageLike], what: str, indices: Optional[Sequence[int]] = None

@@ -401,6 +401,22 @@ def test_memory_faults_halve_the_batch_and_then_become_error_records(model, tree
     for i in (0, 2, 3):
         torch.testing.assert_close(got[i]["score"], plain[i]["score"], rtol=1e-6, atol=1e-6)
 
+    # a failed allocation while decoding (in the background threads) fails that image's pair only
+    from modeling_afine import scoring
+
+    decode = scoring.image_to_tensor
+
+    def no_memory_for_zebra(image, name):
+        if "m2/sub/deep/zebra" in str(image):
+            raise MemoryError()
+        return decode(image, name)
+
+    monkeypatch.setattr(AfineScorer, "_run", original)
+    monkeypatch.setattr(scoring, "image_to_tensor", no_memory_for_zebra)
+    got = dict(AfineScorer(model, batch_size=8, num_workers=2).iter_pairs(pairs))
+    assert isinstance(got[3], MemoryError) and "zebra.png: out of memory decoding" in str(got[3])
+    assert all(not isinstance(got[i], Exception) for i in (0, 1, 2))
+
 
 def test_memory_fault_in_the_command_is_an_error_record_without_traceback(tree, converted_dir, tmp_path, capsys, monkeypatch):
     original = AfineScorer._run
