@@ -47,7 +47,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from .folder_pairing import IMAGE_EXTENSIONS, FolderPlan, PairingError, check_folder, glob_mixup, pair_folders
+from .folder_pairing import IMAGE_EXTENSIONS, FolderPlan, PairingError, glob_mixup, pair_folders
 from .sharding import ProcessGroup, World, current_world, part_files, part_path, read_records, shard_indices, write_records
 
 LABELS = {
