@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 __all__ = [
     "IMAGE_EXTENSIONS",
     "PairingError",
+    "check_folder",
     "FolderPair",
     "FolderPlan",
     "scan_images",
