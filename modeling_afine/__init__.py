@@ -41,6 +41,8 @@ _EXPORTS = {
     "ImageQualityAssessmentPipeline": "pipeline_afine",
     "AfineLoss": "loss",
     "AfineMetric": "metric",
+    "score_methods": "method_scores",
+    "Leaderboard": "leaderboard",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -62,6 +64,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .pipeline_afine import ImageQualityAssessmentPipeline
     from .loss import AfineLoss
     from .metric import AfineMetric
+    from .method_scores import score_methods
+    from .leaderboard import Leaderboard
 
 
 def __getattr__(name: str) -> Any:

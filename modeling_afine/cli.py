@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 # name -> (module, function, one-line help). The function takes the remaining argv and returns an exit code.
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
-    "score": ("modeling_afine.cli_score", "score_main", "score distorted image(s) against a reference"),
+    "score": ("modeling_afine.cli_score", "score_main", "score image(s) against a reference, or method folders against ground truths (a leaderboard)"),
     "convert": ("modeling_afine.convert_afine_checkpoint", "main", "convert the official afine.pth to a transformers model directory"),
     "data": ("dataset_scripts.cli", "main", "dataset tools: check, majority vote, splits, triplets, Thurstone MOS, export"),
     "enhancer": ("pipelines.cli", "main", "diffusion enhancer: enhance images, generate DiffIQA-style data"),

@@ -161,6 +161,37 @@ def _capture(fn: Callable[..., Any], *args: Any) -> Any:
         return fn(*args)
     except _INPUT_ERRORS as exc:
         return exc
+    except MemoryError as exc:  # decoding an image did not fit (named by _load): its pair fails, the run goes on
+        return exc
+
+
+# torch.OutOfMemoryError (torch >= 2.5) is what torch.cuda.OutOfMemoryError aliases today
+_OOM_TYPES = (MemoryError, getattr(torch, "OutOfMemoryError", getattr(torch.cuda, "OutOfMemoryError", MemoryError)))
+_MEMORY_MESSAGES = ("DefaultCPUAllocator: can't allocate memory", "out of memory", "CUDA error: out of memory")
+
+
+def is_memory_error(exc: BaseException) -> bool:
+    """True for a CUDA/MPS out-of-memory error or a failed CPU allocation (``MemoryError``, or the
+    ``RuntimeError`` of torch's CPU allocator); these are retried with a smaller batch, not raised."""
+    if isinstance(exc, _OOM_TYPES):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in _MEMORY_MESSAGES)
+
+
+def _memory_error(name: str, what: str, device: torch.device, exc: BaseException) -> MemoryError:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return MemoryError(
+        f"{name}: out of memory {what} on {device} ({first}); free memory, use --dtype bfloat16, or score it on a "
+        "bigger device"
+    )
+
+
+def _release_memory(device: torch.device) -> None:
+    import gc
+
+    gc.collect(1)  # what the failed batch left in reference cycles is young; a full collection costs ~0.5 s
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 class _Prefetch:
@@ -250,13 +281,18 @@ class AfineScorer:
         self.autocast = autocast
         self.progress = progress
         self.num_workers = _default_workers(self.device) if num_workers is None else int(num_workers)
+        # largest batch that fit after a memory fault, per stretched image size (see _forward_batch)
+        self._memory_caps: dict[tuple[int, int], int] = {}
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     def _load(self, image: ImageLike, name: str) -> torch.Tensor:
-        return self.processor.normalize_tensor(image_to_tensor(image, name))
+        try:
+            return self.processor.normalize_tensor(image_to_tensor(image, name))
+        except MemoryError:
+            raise MemoryError(f"{name}: out of memory decoding this image") from None
 
     def _group_by_size(
         self, images: Sequence[ImageLike], what: str, indices: Optional[Sequence[int]] = None
@@ -449,7 +485,6 @@ class AfineScorer:
         preloaded: dict[int, torch.Tensor],
     ) -> Iterator[tuple[int, dict[str, torch.Tensor] | Exception]]:
         """Run ``steps`` (against ``shared_refs[step.ref]``, or ``own_refs[i]`` per item), loading ahead in threads."""
-        fields = AfineOutput.__dataclass_fields__
         bar = _progress(len(dis_list), self.progress)
         for i, exc in header_errors:
             bar.update(1)
@@ -480,6 +515,12 @@ class AfineScorer:
                             encoding = self._encode_shared(ref_tensor, step.size, step.target, source, resize_reference)
                         except _INPUT_ERRORS as exc:
                             encoding = exc
+                        except Exception as exc:  # a memory fault: each of the reference's pairs gets the error
+                            if not is_memory_error(exc):
+                                raise
+                            encoding = _memory_error(_name(source, step.ref, "reference"), "encoding this reference", self.device, exc)
+                        if isinstance(encoding, MemoryError):
+                            _release_memory(self.device)
                 if isinstance(encoding, Exception):
                     source = shared_refs[step.ref]
                     for i in step.items:
@@ -492,15 +533,59 @@ class AfineScorer:
             for i, exc in loaded.errors:
                 yield i, exc
             if loaded.ok:
-                x = stretch_to_multiple(torch.stack(loaded.dis), size=step.target).to(self.device)
-                if step.ref is not None:
-                    out = self._run(distorted=x, reference_encoding=encoding)
-                else:
-                    out = self._run(distorted=x, reference=torch.stack(loaded.refs).to(self.device))
-                for j, i in enumerate(loaded.ok):
-                    yield i, {f: getattr(out, f)[j].float().cpu() for f in fields}
+                refs = loaded.refs if step.ref is None else None
+                yield from self._forward_batch(step, loaded.ok, loaded.dis, refs, encoding, dis_list)
             bar.update(len(step.items))
         bar.close()
+
+    def _forward_batch(
+        self,
+        step: _Step,
+        items: list[int],
+        dis: list[torch.Tensor],
+        refs: Optional[list[torch.Tensor]],
+        encoding: Any,
+        dis_list: Sequence[ImageLike],
+    ) -> Iterator[tuple[int, dict[str, torch.Tensor] | Exception]]:
+        """One forward pass over ``items`` (against ``refs``, one per item, or the shared ``encoding``).
+
+        A memory fault (CUDA out of memory, a failed CPU allocation) halves the batch and retries, down to one
+        pair; a pair that does not fit alone comes back as a :class:`MemoryError` naming its file. The halved size
+        is remembered for later batches of the same image size, so one fault is not paid for on every batch.
+        """
+        cap = self._memory_caps.get(step.target)
+        if cap is not None and len(items) > cap:
+            for start in range(0, len(items), cap):
+                part = slice(start, start + cap)
+                yield from self._forward_batch(step, items[part], dis[part], refs[part] if refs is not None else None, encoding, dis_list)
+            return
+        fields = AfineOutput.__dataclass_fields__
+        fault: Optional[BaseException] = None
+        results: list[tuple[int, dict[str, torch.Tensor]]] = []
+        try:
+            x = stretch_to_multiple(torch.stack(dis), size=step.target).to(self.device)
+            if refs is None:
+                out = self._run(distorted=x, reference_encoding=encoding)
+            else:
+                out = self._run(distorted=x, reference=torch.stack(refs).to(self.device))
+            results = [(i, {f: getattr(out, f)[j].float().cpu() for f in fields}) for j, i in enumerate(items)]
+            del x, out
+        except Exception as exc:
+            if not is_memory_error(exc):
+                raise
+            fault = _memory_error(_name(dis_list[items[0]], items[0], "distorted"), "scoring this pair alone", self.device, exc)
+        if fault is None:  # (the retry runs outside the except block, whose traceback pins the batch's tensors)
+            yield from results
+            return
+        _release_memory(self.device)
+        if len(items) == 1:
+            self._memory_caps[step.target] = 1
+            yield items[0], fault
+            return
+        half = (len(items) + 1) // 2
+        self._memory_caps[step.target] = min(half, self._memory_caps.get(step.target, half))
+        for part in (slice(0, half), slice(half, None)):
+            yield from self._forward_batch(step, items[part], dis[part], refs[part] if refs is not None else None, encoding, dis_list)
 
     def _check_size(
         self,
