@@ -211,13 +211,23 @@ def glob_mixup(images: Sequence[str], reference: str) -> Optional[str]:
     if len(folders) < 2 or not any(os.path.dirname(os.path.abspath(p)) == ref_dir for p in images):
         return None
     others = [d for d in folders if d != ref_dir]
-    common = sorted(folders[ref_dir].intersection(*[folders[d] for d in others[:1]]))
-    if not common:
-        return None
     out_dir = others[0]
+    common = sorted(folders[ref_dir].intersection(*[folders[d] for d in others[:1]]))
+    in_ref_dir = sum(os.path.dirname(os.path.abspath(p)) == ref_dir for p in images)
+    if common:
+        why = (
+            f"these images come from two folders with matching names ({os.path.relpath(out_dir)}/{common[0]}.*, "
+            f"{os.path.relpath(ref_dir)}/{common[0]}.*)"
+        )
+    elif in_ref_dir >= 2:  # outputs named with a suffix (baby_SwinIR.png) do not match, but two globs still do this
+        why = (
+            f"these images come from two folders ({os.path.relpath(out_dir)}, and {in_ref_dir} from the reference's "
+            f"folder {os.path.relpath(ref_dir)})"
+        )
+    else:
+        return None
     return (
-        f"these images come from two folders with matching names ({os.path.relpath(out_dir)}/{common[0]}.*, "
-        f"{os.path.relpath(ref_dir)}/{common[0]}.*), so they would all be scored against the last one, "
+        f"{why}, so they would all be scored against the last one, "
         f"{reference}. To score a folder of outputs against a folder of ground truths, give the folders: "
         f"afine score {os.path.relpath(out_dir)} {os.path.relpath(ref_dir)} (or name the reference with -r)"
     )

@@ -275,6 +275,9 @@ def test_refusals_before_the_model_exit_2_in_under_a_second(tree, tmp_path):
 
     assert glob_mixup([f"{m1}/baby.png", f"{tree}/m2/baby.png"], f"{gt}/baby.png") is None
     assert glob_mixup([f"{m1}/baby.png", f"{m1}/comic.png"], f"{gt}/baby.png") is None
+    # suffixed outputs (baby_SwinIR.png) with two ground truths among the "distorted" images: still two globs
+    assert "two folders" in glob_mixup([f"{m1}/baby_x4.png", f"{gt}/baby.png", f"{gt}/comic.png"], f"{gt}/zebra.png")
+    assert glob_mixup([f"{m1}/baby_x4.png", f"{gt}/baby.png"], f"{gt}/zebra.png") is None
 
     # the whole command for a missing folder, timed from outside as a user sees it
     start = time.perf_counter()
