@@ -810,8 +810,14 @@ class AfineModel(AfinePreTrainedModel):
         """
         return_dict = self.config.return_dict if return_dict is None else return_dict
         self._check_pixels(distorted, "distorted")
-        if (reference is None) == (reference_encoding is None):
-            raise ValueError("pass exactly one of `reference` or `reference_encoding`")
+        if reference is None and reference_encoding is None:
+            raise ValueError(
+                "no reference given: the forward scores distorted images against a reference (pass exactly one of "
+                "`reference` or `reference_encoding`); for the no-reference case use model.naturalness(images), "
+                'e.g. model.naturalness(processor(images=x)["distorted"])'
+            )
+        if reference is not None and reference_encoding is not None:
+            raise ValueError("pass exactly one of `reference` or `reference_encoding`, not both")
         batch = distorted.shape[0]
         image_size = tuple(int(s) for s in distorted.shape[-2:])
         size = target_size(*image_size, self.config.size_multiple)

@@ -227,3 +227,22 @@ def test_model_uses_the_lean_activation(tiny_model):
     from modeling_afine.modeling_afine import _QuickGELU
 
     assert all(isinstance(layer.mlp.activation_fn, _QuickGELU) for layer in tiny_model.vision_model.encoder.layers)
+
+
+def test_forward_without_reference_points_to_naturalness(tiny_model):
+    """``model(**processor(images=x))`` has no reference: the error names the no-reference method, which works."""
+    import numpy as np
+
+    from modeling_afine import AfineImageProcessor
+
+    x = np.random.default_rng(0).integers(0, 256, (40, 70, 3), dtype=np.uint8)
+    inputs = AfineImageProcessor()(images=x)
+    with torch.no_grad():
+        with pytest.raises(ValueError, match=r"model\.naturalness\(") as info:
+            tiny_model(**inputs)
+        assert "\n" not in str(info.value) and "reference" in str(info.value)
+        # the suggested call does what the message says
+        nr = tiny_model.naturalness(inputs["distorted"]).naturalness
+        assert nr.shape == (1,) and torch.isfinite(nr).all()
+        with pytest.raises(ValueError, match="not both"):
+            tiny_model(inputs["distorted"], inputs["distorted"], tiny_model.encode_reference(inputs["distorted"]))
