@@ -697,6 +697,15 @@ class AfineModel(AfinePreTrainedModel):
             hidden = layer(hidden, None)
             yield hidden
 
+    def is_big_image(self, size: tuple[int, int]) -> bool:
+        """True for images of at least ``_TRIM_TOKENS`` tokens (about 2048x2048 and up) at stretched ``size`` (H, W).
+
+        For these the memory of a pass, not its compute, is what limits scoring: the forward runs the two images of
+        a pair in lockstep and hands the heap back between blocks, and :class:`AfineScorer` passes a shared
+        reference with each batch instead of keeping its 12 block outputs in an encoding.
+        """
+        return self._num_tokens(tuple(size)) >= _TRIM_TOKENS
+
     def _num_tokens(self, size: tuple[int, int]) -> int:
         """Tokens per image (CLS included) for a stretched ``size``; the patch conv drops any remainder."""
         patch = self.config.vision_config.patch_size

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -201,7 +202,9 @@ class _Prefetch:
                     in_flight += step.pixels
                     nxt += 1
                 step, futures = pending.pop(0)
-                yield step, self.assemble(step, [f.result() for f in futures])
+                loaded = self.assemble(step, [f.result() for f in futures])
+                del futures  # the futures hold the decoded images too: only ``loaded`` may, so the caller can drop them
+                yield step, loaded
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 
@@ -461,6 +464,10 @@ class AfineScorer:
         def assemble(step: _Step, results: list[Any]) -> _Loaded:
             return self._assemble(step, results, preloaded)
 
+        images_per_encoding = Counter()  # distorted images per (shared reference, size)
+        for s in steps:
+            if s.ref is not None:
+                images_per_encoding[(s.ref, s.size)] += len(s.items)
         ref_tensor: Any = None
         current_ref: Optional[int] = None
         encoding: Any = None
@@ -477,7 +484,10 @@ class AfineScorer:
                     else:
                         source = shared_refs[step.ref]
                         try:
-                            encoding = self._encode_shared(ref_tensor, step.size, step.target, source, resize_reference)
+                            encoding = self._encode_shared(
+                                ref_tensor, step.size, step.target, source, resize_reference,
+                                images=images_per_encoding[(step.ref, step.size)],
+                            )
                         except _INPUT_ERRORS as exc:
                             encoding = exc
                 if isinstance(encoding, Exception):
@@ -493,8 +503,10 @@ class AfineScorer:
                 yield i, exc
             if loaded.ok:
                 x = stretch_to_multiple(torch.stack(loaded.dis), size=step.target).to(self.device)
+                loaded.dis.clear()  # only x is needed now (a 4K image is 100 MB)
                 if step.ref is not None:
-                    out = self._run(distorted=x, reference_encoding=encoding)
+                    shared = {"reference": encoding} if isinstance(encoding, torch.Tensor) else {"reference_encoding": encoding}
+                    out = self._run(distorted=x, **shared)
                 else:
                     out = self._run(distorted=x, reference=torch.stack(loaded.refs).to(self.device))
                 for j, i in enumerate(loaded.ok):
@@ -537,9 +549,23 @@ class AfineScorer:
             return pair_exc
         return exc
 
-    def _encode_shared(self, ref: torch.Tensor, dis_size, size, source, resize_reference):
+    def _reference_in_lockstep(self, images: int, size: tuple[int, int]) -> bool:
+        """Whether a shared reference goes through the forward with each batch (True) or is encoded once (False).
+
+        An encoding keeps the reference's 12 block outputs (300 MB for a 4K image) so that its backbone pass is not
+        repeated for every batch. A reference that serves a single distorted image gains nothing from it, and big
+        images (``AfineModel.is_big_image``) are limited by memory, not by one extra reference pass per batch: both
+        go through the forward with the reference, which runs the two in lockstep. Same numbers either way.
+        """
+        return images <= 1 or self.model.is_big_image(size)
+
+    def _encode_shared(self, ref: torch.Tensor, dis_size, size, source, resize_reference, images: int = 2):
+        """The shared reference for ``images`` distorted images of ``dis_size``: its encoding, or its stretched
+        pixels ``[1, 3, H, W]`` to pass as ``reference`` (see :meth:`_reference_in_lockstep`)."""
         self._check_size(ref, dis_size, source, 0, resize_reference)
         pixels = stretch_to_multiple(ref[None], size=size).to(self.device)
+        if self._reference_in_lockstep(images, size):
+            return pixels
         with self._inference():
             enc = self.model.encode_reference(pixels)
         # The distorted batches are stretched to the target before the model sees them.
