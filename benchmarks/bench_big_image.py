@@ -10,8 +10,10 @@ Paths:
   all-features    the computation before streaming (all 12 block outputs kept, then the heads)
   stock-modules   streaming with transformers' stock CLIP attention, MLP and patch convolution (bf16 fast paths off)
   scorer          the user path: ``AfineScorer(model).score([d.png], r.png)`` on PNG files written beforehand
-  cli             ``afine score d.png r.png --model DIR -q --json`` run in this process (the model is saved to a
-                  temporary folder by a child process first, so the CLI loads it itself)
+  cli             ``afine score d.png r.png --model DIR -q --json`` run in this process (it loads the model itself)
+
+Every path loads a saved model as users do (``load_afine``); without ``--model`` a child process saves the
+random-weight model to a temporary folder first.
 
 ``peak_above_model_mb`` is the working set of the pair: the peak resident size (``VmHWM``) after the model is loaded
 minus the resident size at that moment (the high-water mark is reset there through ``/proc/self/clear_refs``; for
@@ -101,6 +103,8 @@ def write_pair_pngs(folder: Path, size: tuple[int, int], seed: int = 1) -> tuple
     return paths
 
 
+DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
 #: A tiny backbone for smoke tests of the benchmark scripts themselves (``--tiny``).
 TINY_VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
 
@@ -169,7 +173,7 @@ def _run_cli(args, model_dir: Path, dis: Path, ref: Path) -> tuple[float, float]
         return original(self, *a, **k)
 
     argv = [str(dis), str(ref), "--model", str(model_dir), "--device", args.device, "-q", "--json",
-            "--dtype", {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[args.dtype]]
+            "--dtype", DTYPE_NAMES[args.dtype]]
     if args.workers is not None:
         argv += ["--workers", str(args.workers)]
     out = io.StringIO()
@@ -215,11 +219,21 @@ def main(argv: list[str] | None = None) -> dict:
     tmp = tempfile.TemporaryDirectory(prefix="afine-big-")
     folder = Path(tmp.name)
     files = write_pair_pngs(folder, (h, w)) if args.path in ("scorer", "cli") else None
-    model = None
-    if args.path == "cli":
-        _save_model_dir(args, folder / "model")
-    else:
-        model = build_model(args.model, args.dtype, args.tiny).to(device)
+    # Every path loads the saved model the way users do (load_afine: from_pretrained, heads in fp32), so the resident
+    # size it starts from is the same; the CLI loads it itself.
+    model_dir = Path(args.model) if args.model else folder / "model"
+    if not args.model:
+        _save_model_dir(args, model_dir)
+    model = scorer = None
+    if args.path == "scorer":
+        from modeling_afine import AfineScorer
+
+        scorer = AfineScorer(str(model_dir), device=args.device, dtype=DTYPE_NAMES[args.dtype], num_workers=args.workers)
+        model = scorer.model
+    elif args.path != "cli":
+        from modeling_afine import load_afine
+
+        model = load_afine(str(model_dir), device=args.device, dtype=DTYPE_NAMES[args.dtype])[0]
     rss_model = peak_rss_mb()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -227,11 +241,8 @@ def main(argv: list[str] | None = None) -> dict:
     base = reset_peak() if args.path != "cli" else None
     start = time.perf_counter()
     if args.path == "cli":
-        score, base = _run_cli(args, folder / "model", *files)
+        score, base = _run_cli(args, model_dir, *files)
     elif args.path == "scorer":
-        from modeling_afine import AfineScorer
-
-        scorer = AfineScorer(model, num_workers=args.workers)
         score = float(scorer.score([str(files[0])], str(files[1])).score[0])
     else:
         g = torch.Generator().manual_seed(1)
@@ -263,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
         "score": score,
     }
     if args.path != "cli":
-        report["peak_rss_after_model_build_mb"] = round(rss_model, 1)
+        report["peak_rss_after_model_load_mb"] = round(rss_model, 1)
     if device.type == "cuda":
         report["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     if args.json:

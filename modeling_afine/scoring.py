@@ -502,8 +502,11 @@ class AfineScorer:
             for i, exc in loaded.errors:
                 yield i, exc
             if loaded.ok:
-                x = stretch_to_multiple(torch.stack(loaded.dis), size=step.target).to(self.device)
+                x = torch.stack(loaded.dis)
                 loaded.dis.clear()  # only x is needed now (a 4K image is 100 MB)
+                if not (isinstance(encoding, torch.Tensor) and step.ref is not None and encoding.shape[-2:] == x.shape[-2:]):
+                    x = stretch_to_multiple(x, size=step.target)
+                x = x.to(self.device)  # else the model stretches both images itself, each copy only while it is needed
                 if step.ref is not None:
                     shared = {"reference": encoding} if isinstance(encoding, torch.Tensor) else {"reference_encoding": encoding}
                     out = self._run(distorted=x, **shared)
@@ -560,12 +563,14 @@ class AfineScorer:
         return images <= 1 or self.model.is_big_image(size)
 
     def _encode_shared(self, ref: torch.Tensor, dis_size, size, source, resize_reference, images: int = 2):
-        """The shared reference for ``images`` distorted images of ``dis_size``: its encoding, or its stretched
-        pixels ``[1, 3, H, W]`` to pass as ``reference`` (see :meth:`_reference_in_lockstep`)."""
+        """The shared reference for ``images`` distorted images of ``dis_size``: its encoding, or its pixels
+        ``[1, 3, H, W]`` to pass as ``reference`` (see :meth:`_reference_in_lockstep`): as decoded when it has the
+        distorted images' size (the model stretches it, as it does them), else stretched to ``size``."""
         self._check_size(ref, dis_size, source, 0, resize_reference)
-        pixels = stretch_to_multiple(ref[None], size=size).to(self.device)
         if self._reference_in_lockstep(images, size):
-            return pixels
+            same = tuple(ref.shape[-2:]) == tuple(dis_size) and self.processor.size_multiple == self.model.config.size_multiple
+            return (ref[None] if same else stretch_to_multiple(ref[None], size=size)).to(self.device)
+        pixels = stretch_to_multiple(ref[None], size=size).to(self.device)
         with self._inference():
             enc = self.model.encode_reference(pixels)
         # The distorted batches are stretched to the target before the model sees them.
