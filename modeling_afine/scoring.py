@@ -421,6 +421,8 @@ class AfineScorer:
                 return d, None
             r = self._load(own_refs[i], _name(own_refs[i], i, "reference"))
             self._check_size(r, step.size, own_refs[i], i, resize_reference, distorted=dis_list[i])
+            if tuple(r.shape[-2:]) == tuple(d.shape[-2:]):
+                return d, r  # stretched with its distorted image when the batch runs (see _batch_inputs)
             return d, stretch_to_multiple(r[None], size=step.target)[0]
 
         tasks += [lambda i=i: item(i) for i in step.items]
@@ -502,16 +504,12 @@ class AfineScorer:
             for i, exc in loaded.errors:
                 yield i, exc
             if loaded.ok:
-                x = torch.stack(loaded.dis)
-                loaded.dis.clear()  # only x is needed now (a 4K image is 100 MB)
-                if not (isinstance(encoding, torch.Tensor) and step.ref is not None and encoding.shape[-2:] == x.shape[-2:]):
-                    x = stretch_to_multiple(x, size=step.target)
-                x = x.to(self.device)  # else the model stretches both images itself, each copy only while it is needed
-                if step.ref is not None:
-                    shared = {"reference": encoding} if isinstance(encoding, torch.Tensor) else {"reference_encoding": encoding}
-                    out = self._run(distorted=x, **shared)
+                x, reference = self._batch_inputs(step, loaded, encoding if step.ref is not None else None)
+                if reference is None:
+                    out = self._run(distorted=x, reference_encoding=encoding)
                 else:
-                    out = self._run(distorted=x, reference=torch.stack(loaded.refs).to(self.device))
+                    out = self._run(distorted=x, reference=reference)
+                del x, reference
                 for j, i in enumerate(loaded.ok):
                     yield i, {f: getattr(out, f)[j].float().cpu() for f in fields}
             bar.update(len(step.items))
@@ -551,6 +549,30 @@ class AfineScorer:
         except ValueError as pair_exc:
             return pair_exc
         return exc
+
+    def _batch_inputs(self, step: _Step, loaded: _Loaded, shared: Any) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The batch's distorted images and references for the forward, on the device; the decoded copies in
+        ``loaded`` are dropped (a 4K image is 100 MB). The reference is ``None`` for a shared encoding.
+
+        When the references have the distorted images' size, both go to the model as decoded: it stretches them
+        itself, each stretched copy alive only while its pass needs it (the same op, so the same numbers).
+        """
+        x = torch.stack(loaded.dis)
+        loaded.dis.clear()
+        reference = shared if isinstance(shared, torch.Tensor) else None
+        if step.ref is None:
+            refs = loaded.refs
+            if any(tuple(r.shape[-2:]) != tuple(x.shape[-2:]) for r in refs):
+                refs = [stretch_to_multiple(r[None], size=step.target)[0] for r in refs]  # no-op for resized ones
+            reference = torch.stack(refs)
+            loaded.refs.clear()
+            del refs
+        native = self.processor.size_multiple == self.model.config.size_multiple  # the model stretches as we would
+        if reference is None or reference.shape[-2:] != x.shape[-2:] or not native:
+            x = stretch_to_multiple(x, size=step.target)
+            if reference is not None:
+                reference = stretch_to_multiple(reference, size=step.target)
+        return x.to(self.device), None if reference is None else reference.to(self.device)
 
     def _reference_in_lockstep(self, images: int, size: tuple[int, int]) -> bool:
         """Whether a shared reference goes through the forward with each batch (True) or is encoded once (False).

@@ -307,3 +307,29 @@ def test_scorer_route_for_a_shared_reference(tiny_model, monkeypatch, case):
         own = tiny_model(**AfineImageProcessor()(dis, ref))
     assert torch.equal(got.score, own.score)
     assert n == 1 or got.score.std() > 0
+
+
+def test_scorer_pairs_with_their_own_references_unchanged(tiny_model, monkeypatch):
+    """Pairs with a reference each (``afine score d r``): the references go to the model as decoded when they have
+    the distorted image's size (the model stretches both), and stretched to the target when resized; scores are
+    bit-identical to the model's own forward on the processor's (stretched) tensors."""
+    from modeling_afine import AfineImageProcessor, AfineScorer
+
+    dis = _uint8_images(3)
+    refs = _uint8_images(2, seed=9) + _uint8_images(1, size=(50, 80), seed=10)  # the last one needs resizing
+    stretched = []
+    original = afine_modeling.AfineModel.forward
+
+    def spy(self, distorted, reference=None, **kwargs):
+        stretched.append((tuple(distorted.shape[-2:]), tuple(reference.shape[-2:])))
+        return original(self, distorted, reference, **kwargs)
+
+    monkeypatch.setattr(afine_modeling.AfineModel, "forward", spy)
+    got = AfineScorer(tiny_model, batch_size=1, num_workers=0).score(dis, refs, resize_reference=True)
+    assert stretched[:2] == [((70, 100), (70, 100))] * 2  # as decoded: the model stretches them
+    assert stretched[2] == ((96, 128), (96, 128))  # the resized reference is stretched to the target, so is x
+    processor = AfineImageProcessor(resize_reference=True)
+    with torch.no_grad():
+        for i in range(3):
+            own = original(tiny_model, **processor(dis[i], refs[i]))
+            assert torch.equal(got.score[i : i + 1], own.score) and torch.equal(got.fidelity_raw[i : i + 1], own.fidelity_raw)
