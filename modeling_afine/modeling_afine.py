@@ -697,6 +697,15 @@ class AfineModel(AfinePreTrainedModel):
             hidden = layer(hidden, None)
             yield hidden
 
+    def is_big_image(self, size: tuple[int, int]) -> bool:
+        """True for images of at least ``_TRIM_TOKENS`` tokens (about 2048x2048 and up) at stretched ``size`` (H, W).
+
+        For these the memory of a pass, not its compute, is what limits scoring: the forward runs the two images of
+        a pair in lockstep and hands the heap back between blocks, and :class:`AfineScorer` passes a shared
+        reference with each batch instead of keeping its 12 block outputs in an encoding.
+        """
+        return self._num_tokens(tuple(size)) >= _TRIM_TOKENS
+
     def _num_tokens(self, size: tuple[int, int]) -> int:
         """Tokens per image (CLS included) for a stretched ``size``; the patch conv drops any remainder."""
         patch = self.config.vision_config.patch_size
@@ -810,8 +819,14 @@ class AfineModel(AfinePreTrainedModel):
         """
         return_dict = self.config.return_dict if return_dict is None else return_dict
         self._check_pixels(distorted, "distorted")
-        if (reference is None) == (reference_encoding is None):
-            raise ValueError("pass exactly one of `reference` or `reference_encoding`")
+        if reference is None and reference_encoding is None:
+            raise ValueError(
+                "no reference given: the forward scores distorted images against a reference (pass exactly one of "
+                "`reference` or `reference_encoding`); for the no-reference case use model.naturalness(images), "
+                'e.g. model.naturalness(processor(images=x)["distorted"])'
+            )
+        if reference is not None and reference_encoding is not None:
+            raise ValueError("pass exactly one of `reference` or `reference_encoding`, not both")
         batch = distorted.shape[0]
         image_size = tuple(int(s) for s in distorted.shape[-2:])
         size = target_size(*image_size, self.config.size_multiple)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -232,7 +233,9 @@ class _Prefetch:
                     in_flight += step.pixels
                     nxt += 1
                 step, futures = pending.pop(0)
-                yield step, self.assemble(step, [f.result() for f in futures])
+                loaded = self.assemble(step, [f.result() for f in futures])
+                del futures  # the futures hold the decoded images too: only ``loaded`` may, so the caller can drop them
+                yield step, loaded
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 
@@ -454,6 +457,8 @@ class AfineScorer:
                 return d, None
             r = self._load(own_refs[i], _name(own_refs[i], i, "reference"))
             self._check_size(r, step.size, own_refs[i], i, resize_reference, distorted=dis_list[i])
+            if tuple(r.shape[-2:]) == tuple(d.shape[-2:]):
+                return d, r  # stretched with its distorted image when the batch runs (see _batch_inputs)
             return d, stretch_to_multiple(r[None], size=step.target)[0]
 
         tasks += [lambda i=i: item(i) for i in step.items]
@@ -496,6 +501,10 @@ class AfineScorer:
         def assemble(step: _Step, results: list[Any]) -> _Loaded:
             return self._assemble(step, results, preloaded)
 
+        images_per_encoding = Counter()  # distorted images per (shared reference, size)
+        for s in steps:
+            if s.ref is not None:
+                images_per_encoding[(s.ref, s.size)] += len(s.items)
         ref_tensor: Any = None
         current_ref: Optional[int] = None
         encoding: Any = None
@@ -512,7 +521,10 @@ class AfineScorer:
                     else:
                         source = shared_refs[step.ref]
                         try:
-                            encoding = self._encode_shared(ref_tensor, step.size, step.target, source, resize_reference)
+                            encoding = self._encode_shared(
+                                ref_tensor, step.size, step.target, source, resize_reference,
+                                images=images_per_encoding[(step.ref, step.size)],
+                            )
                         except _INPUT_ERRORS as exc:
                             encoding = exc
                         except Exception as exc:  # a memory fault: each of the reference's pairs gets the error
@@ -563,13 +575,15 @@ class AfineScorer:
         fault: Optional[BaseException] = None
         results: list[tuple[int, dict[str, torch.Tensor]]] = []
         try:
-            x = stretch_to_multiple(torch.stack(dis), size=step.target).to(self.device)
-            if refs is None:
+            # a batch that cannot be split again hands its decoded images over (a 4K image is 100 MB)
+            x, reference = self._batch_inputs(step, dis, refs, encoding if refs is None else None, keep=len(items) > 1)
+            if reference is None:
                 out = self._run(distorted=x, reference_encoding=encoding)
             else:
-                out = self._run(distorted=x, reference=torch.stack(refs).to(self.device))
+                out = self._run(distorted=x, reference=reference)
+            del x, reference
             results = [(i, {f: getattr(out, f)[j].float().cpu() for f in fields}) for j, i in enumerate(items)]
-            del x, out
+            del out
         except Exception as exc:
             if not is_memory_error(exc):
                 raise
@@ -622,8 +636,59 @@ class AfineScorer:
             return pair_exc
         return exc
 
-    def _encode_shared(self, ref: torch.Tensor, dis_size, size, source, resize_reference):
+    def _batch_inputs(
+        self,
+        step: _Step,
+        dis: list[torch.Tensor],
+        refs: Optional[list[torch.Tensor]],
+        shared: Any,
+        keep: bool = False,
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The batch's distorted images and references for the forward, on the device. Unless ``keep`` (a batch
+        that may still be split after a memory fault), the decoded copies in ``dis``/``refs`` are dropped (a 4K
+        image is 100 MB). ``refs`` holds one reference per item, or is None with ``shared`` the shared reference
+        (pixels ``[1, 3, H, W]`` or an encoding). The reference returned is ``None`` for a shared encoding.
+
+        When the references have the distorted images' size, both go to the model as decoded: it stretches them
+        itself, each stretched copy alive only while its pass needs it (the same op, so the same numbers).
+        """
+        x = torch.stack(dis)
+        if not keep:
+            dis.clear()
+        reference = shared if isinstance(shared, torch.Tensor) else None
+        if refs is not None:
+            own = refs
+            if any(tuple(r.shape[-2:]) != tuple(x.shape[-2:]) for r in own):
+                own = [stretch_to_multiple(r[None], size=step.target)[0] for r in own]  # no-op for resized ones
+            reference = torch.stack(own)
+            if not keep:
+                refs.clear()
+            del own
+        native = self.processor.size_multiple == self.model.config.size_multiple  # the model stretches as we would
+        if reference is None or reference.shape[-2:] != x.shape[-2:] or not native:
+            x = stretch_to_multiple(x, size=step.target)
+            if reference is not None:
+                reference = stretch_to_multiple(reference, size=step.target)
+        return x.to(self.device), None if reference is None else reference.to(self.device)
+
+    def _reference_in_lockstep(self, images: int, size: tuple[int, int]) -> bool:
+        """Whether a shared reference goes through the forward with each batch (True) or is encoded once (False).
+
+        An encoding keeps the reference's 12 block outputs (300 MB for a 4K image) so that its backbone pass is not
+        repeated for every batch. A reference that serves a single distorted image gains nothing from it, and big
+        images (``AfineModel.is_big_image``) are limited by memory, not by one extra reference pass per batch: both
+        go through the forward with the reference, which runs the two in lockstep. Same numbers either way.
+        """
+        return images <= 1 or self.model.is_big_image(size)
+
+    def _encode_shared(self, ref: torch.Tensor, dis_size, size, source, resize_reference, images: int = 2):
+        """The shared reference for ``images`` distorted images of ``dis_size``: its encoding, or its pixels
+        ``[1, 3, H, W]`` to pass as ``reference`` (see :meth:`_reference_in_lockstep`): as decoded when it has the
+        distorted images' size (the model stretches it, as it does them), else stretched to ``size``."""
         self._check_size(ref, dis_size, source, 0, resize_reference)
+        if self._reference_in_lockstep(images, size):
+            same = tuple(ref.shape[-2:]) == tuple(dis_size) and self.processor.size_multiple == self.model.config.size_multiple
+            return (ref[None] if same else stretch_to_multiple(ref[None], size=size)).to(self.device)
         pixels = stretch_to_multiple(ref[None], size=size).to(self.device)
         with self._inference():
             enc = self.model.encode_reference(pixels)

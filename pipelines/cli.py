@@ -230,21 +230,26 @@ def _cmd_enhance(args) -> int:
 
 
 def _shard(args) -> tuple[int, int, object]:
-    """This worker's (rank, world, device). Without --shard-index/--num-shards they come from the
-    launcher's environment (RANK, WORLD_SIZE, LOCAL_RANK: set by ``accelerate launch`` and
-    ``torchrun``); the workers need no process group, each one just takes its share."""
-    env_world = int(os.environ.get("WORLD_SIZE", "1"))
-    env_rank = int(os.environ.get("RANK", "0"))
-    rank = env_rank if args.shard_index is None else args.shard_index
-    world = env_world if args.num_shards is None else args.num_shards
+    """This worker's (rank, world, device). Without --shard-index/--num-shards they come from the launcher's
+    environment, read by the project's sharding convention (``modeling_afine.sharding.current_world``: RANK,
+    WORLD_SIZE, LOCAL_RANK, set by ``accelerate launch`` and ``torchrun``); the workers need no process group,
+    each one just takes its share."""
+    from modeling_afine.sharding import current_world  # torch-free; imported late (package layering)
+
+    try:
+        launcher = current_world()
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    rank = launcher.rank if args.shard_index is None else args.shard_index
+    world = launcher.size if args.num_shards is None else args.num_shards
     if world < 1 or not 0 <= rank < world:
         raise UsageError(f"--shard-index must be in [0, --num-shards), got {rank} of {world}")
     device = None
-    if env_world > 1 and args.device == "auto":
+    if launcher.distributed and args.device == "auto":
         import torch
 
         if torch.cuda.is_available():
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
+            device = f"cuda:{launcher.local_rank % torch.cuda.device_count()}"
     return rank, world, device
 
 

@@ -26,6 +26,7 @@ without this project installed. Hence only relative imports of those files here.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -86,6 +87,11 @@ class EnhancerPipelineOutput(BaseOutput):
     """
 
     images: Union[list[PIL.Image.Image], np.ndarray, torch.Tensor]
+
+
+_OLD_CALL_WARNING = "pipe(image, prompt) is deprecated; call pipe(prompt, image) or pass image= by keyword"
+#: warnings raised in ``_enhance`` name the user's line: it sits under ``__call__`` and torch.no_grad's wrapper
+_CALLER = 4
 
 
 def _is_image_like(value) -> bool:
@@ -617,8 +623,16 @@ class EnhancerPipeline(DiffusionPipeline):
         return [_to_tensor01(im, i, self.image_processor) for i, im in enumerate(_split_batch(image))]
 
     # ------------------------------------------------------------------ call
+    def __call__(self, *args: Any, **kwargs: Any) -> EnhancerPipelineOutput | tuple:
+        # Python binds ``pipe(image, prompt="...")`` (the old image-first call, prompt by keyword) before any code of
+        # the call runs, so that form is recognised here; the signature and docs are those of ``_enhance``.
+        if len(args) == 1 and "prompt" in kwargs and "image" not in kwargs and _is_image_like(args[0]):
+            warnings.warn(_OLD_CALL_WARNING, FutureWarning, stacklevel=2)
+            kwargs["image"], args = args[0], ()
+        return self._enhance(*args, **kwargs)
+
     @torch.no_grad()
-    def __call__(
+    def _enhance(
         self,
         prompt: str | list[str] | None = None,
         image: ImageInput | Sequence[ImageInput] | None = None,
@@ -685,11 +699,13 @@ class EnhancerPipeline(DiffusionPipeline):
                 replace them. ``prompt_embeds`` holds ``[negative, positive]`` under guidance, as in
                 diffusers' pipelines.
 
-        The old call ``pipe(image, ...)`` (image first) still works with a ``FutureWarning``.
+        The old call ``pipe(image, ...)`` (image first, the prompt second or by keyword) still works with a
+        ``FutureWarning``.
         """
         # --- deprecated spellings
         if "conditioning_scale" in kwargs:
-            warnings.warn("conditioning_scale is deprecated; use controlnet_conditioning_scale", FutureWarning, stacklevel=2)
+            warnings.warn("conditioning_scale is deprecated; use controlnet_conditioning_scale", FutureWarning,
+                          stacklevel=_CALLER)
             value = kwargs.pop("conditioning_scale")
             if controlnet_conditioning_scale != 1.0 and value != controlnet_conditioning_scale:
                 raise ValueError("pass controlnet_conditioning_scale or conditioning_scale, not both")
@@ -698,8 +714,7 @@ class EnhancerPipeline(DiffusionPipeline):
             raise TypeError(f"unexpected keyword argument(s) {sorted(kwargs)}")
         if _is_image_like(prompt) and (image is None or isinstance(image, str) or
                                        (isinstance(image, (list, tuple)) and image and isinstance(image[0], str))):
-            warnings.warn("pipe(image, prompt) is deprecated; call pipe(prompt, image) or pass image= by keyword",
-                          FutureWarning, stacklevel=2)
+            warnings.warn(_OLD_CALL_WARNING, FutureWarning, stacklevel=_CALLER)
             prompt, image = image, prompt
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
@@ -844,3 +859,6 @@ class EnhancerPipeline(DiffusionPipeline):
             arr = np.stack([np.asarray(p, dtype=np.float32) / 255.0 for p in pils])
             result = arr if output_type == "np" else torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
         return EnhancerPipelineOutput(images=result) if return_dict else (result,)
+
+
+functools.update_wrapper(EnhancerPipeline.__call__, EnhancerPipeline._enhance, assigned=("__doc__",), updated=())

@@ -227,3 +227,109 @@ def test_model_uses_the_lean_activation(tiny_model):
     from modeling_afine.modeling_afine import _QuickGELU
 
     assert all(isinstance(layer.mlp.activation_fn, _QuickGELU) for layer in tiny_model.vision_model.encoder.layers)
+
+
+def test_forward_without_reference_points_to_naturalness(tiny_model):
+    """``model(**processor(images=x))`` has no reference: the error names the no-reference method, which works."""
+    import numpy as np
+
+    from modeling_afine import AfineImageProcessor
+
+    x = np.random.default_rng(0).integers(0, 256, (40, 70, 3), dtype=np.uint8)
+    inputs = AfineImageProcessor()(images=x)
+    with torch.no_grad():
+        with pytest.raises(ValueError, match=r"model\.naturalness\(") as info:
+            tiny_model(**inputs)
+        assert "\n" not in str(info.value) and "reference" in str(info.value)
+        # the suggested call does what the message says
+        nr = tiny_model.naturalness(inputs["distorted"]).naturalness
+        assert nr.shape == (1,) and torch.isfinite(nr).all()
+        with pytest.raises(ValueError, match="not both"):
+            tiny_model(inputs["distorted"], inputs["distorted"], tiny_model.encode_reference(inputs["distorted"]))
+
+
+# ------------------------------------------------------------------ the scorer's route for a shared reference
+
+
+def _uint8_images(n: int, size=(70, 100), seed: int = 7):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def _spy(model, monkeypatch):
+    """Record how each forward got its reference, and every encode_reference call."""
+    calls = []
+    forward, encode = model.forward, model.encode_reference
+
+    def spy_forward(*args, **kwargs):
+        calls.append("reference" if kwargs.get("reference") is not None else "encoding")
+        return forward(*args, **kwargs)
+
+    def spy_encode(*args, **kwargs):
+        calls.append("encode_reference")
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", spy_forward)
+    monkeypatch.setattr(model, "encode_reference", spy_encode)
+    return calls
+
+
+@pytest.mark.parametrize("case", ["single pair", "big images", "small batch"])
+def test_scorer_route_for_a_shared_reference(tiny_model, monkeypatch, case):
+    """One distorted image, or big images: the reference goes through the forward with the batch (lockstep for big
+    ones), not into an encoding that keeps its 12 block outputs. Several small images still share one encoding.
+    Either way the scores are bit-identical to the encoding route and to the model's own forward."""
+    from modeling_afine import AfineImageProcessor, AfineScorer
+
+    n = 1 if case == "single pair" else 3
+    dis = _uint8_images(n)
+    ref = _uint8_images(1, seed=8)[0]
+    if case == "big images":  # 70x100 -> 96x128: 13 tokens, made "big" (the 4K route) for this test
+        monkeypatch.setattr(afine_modeling, "_TRIM_TOKENS", 13)
+        monkeypatch.setattr(afine_modeling, "_MAX_JOINT_TOKENS", 0)  # and the model's lockstep passes with it
+    scorer = AfineScorer(tiny_model, batch_size=2, num_workers=0)
+    calls = _spy(tiny_model, monkeypatch)
+    got = scorer.score(dis, ref)
+    if case == "small batch":
+        assert calls == ["encode_reference", "encoding", "encoding"]  # 2 batches, one encoding
+    else:
+        assert calls == ["reference"] * (1 if n == 1 else 2)  # one pass per batch, reference included
+    # The encoding route (what the scorer did before for every shared reference) gives the same bits.
+    monkeypatch.setattr(AfineScorer, "_reference_in_lockstep", lambda self, images, size: False)
+    calls.clear()
+    encoded = scorer.score(dis, ref)
+    assert calls[0] == "encode_reference"
+    for field in ("score", "fidelity_raw", "naturalness_distorted_raw", "naturalness_reference_raw"):
+        assert torch.equal(getattr(got, field), getattr(encoded, field)), field
+    with torch.no_grad():
+        own = tiny_model(**AfineImageProcessor()(dis, ref))
+    assert torch.equal(got.score, own.score)
+    assert n == 1 or got.score.std() > 0
+
+
+def test_scorer_pairs_with_their_own_references_unchanged(tiny_model, monkeypatch):
+    """Pairs with a reference each (``afine score d r``): the references go to the model as decoded when they have
+    the distorted image's size (the model stretches both), and stretched to the target when resized; scores are
+    bit-identical to the model's own forward on the processor's (stretched) tensors."""
+    from modeling_afine import AfineImageProcessor, AfineScorer
+
+    dis = _uint8_images(3)
+    refs = _uint8_images(2, seed=9) + _uint8_images(1, size=(50, 80), seed=10)  # the last one needs resizing
+    stretched = []
+    original = afine_modeling.AfineModel.forward
+
+    def spy(self, distorted, reference=None, **kwargs):
+        stretched.append((tuple(distorted.shape[-2:]), tuple(reference.shape[-2:])))
+        return original(self, distorted, reference, **kwargs)
+
+    monkeypatch.setattr(afine_modeling.AfineModel, "forward", spy)
+    got = AfineScorer(tiny_model, batch_size=1, num_workers=0).score(dis, refs, resize_reference=True)
+    assert stretched[:2] == [((70, 100), (70, 100))] * 2  # as decoded: the model stretches them
+    assert stretched[2] == ((96, 128), (96, 128))  # the resized reference is stretched to the target, so is x
+    processor = AfineImageProcessor(resize_reference=True)
+    with torch.no_grad():
+        for i in range(3):
+            own = original(tiny_model, **processor(dis[i], refs[i]))
+            assert torch.equal(got.score[i : i + 1], own.score) and torch.equal(got.fidelity_raw[i : i + 1], own.fidelity_raw)

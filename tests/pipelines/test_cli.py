@@ -167,3 +167,51 @@ def test_generate_diffiqa_under_torchrun_two_processes(tiny_pipe_dir, tmp_path):
     files = [r["file"] for r in recs]
     assert files == [f"{v:02d}/r{i}_{v:02d}.png" for i in range(3) for v in (1, 2)]  # each output exactly once
     assert {r["worker"] for r in recs} == {0, 1}
+
+
+def test_generate_diffiqa_two_env_ranks_then_merge_equal_one_process(tiny_pipe_dir, tmp_path, monkeypatch, capsys):
+    """Two ranks simulated by the launcher's variables (RANK/WORLD_SIZE, read by modeling_afine.sharding), run one
+    after the other, then one process over the folder merges the parts: the same files, byte for byte, and the same
+    manifest in input order as a single-process run."""
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for i in range(3):
+        random_image((32, 32), seed=20 + i).save(refs / f"r{i}.png")
+
+    def run(out: Path) -> int:
+        return main(["generate-diffiqa", "--references", str(refs), "-o", str(out), "--model", str(tiny_pipe_dir),
+                     "--min-steps", "1", "--max-steps", "1", "--process-size", "0", "--num-variants", "2",
+                     "--no-progress"])
+
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR"):
+        monkeypatch.delenv(name, raising=False)
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    assert run(single) == 0
+    parts = sharded / "manifest.jsonl.parts"
+    for rank in (0, 1):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        assert run(sharded) == 0
+        part = parts / f"rank-{rank:05d}-of-00002.jsonl"
+        names = {json.loads(line)["name"] for line in part.read_text().splitlines()}
+        assert names == ({"r0", "r2"} if rank == 0 else {"r1"})  # i % 2 == rank of the sorted references
+    assert not (sharded / "manifest.jsonl").exists()  # no rendezvous: nobody merges yet
+    monkeypatch.setenv("RANK", "2")
+    assert run(sharded) == 2 and "RANK=2" in capsys.readouterr().err
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name)
+    assert run(sharded) == 0  # nothing left to generate: merges the parts
+    assert not parts.exists()
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*.png")}
+
+    assert files(sharded) == files(single) and len(files(single)) == 3 + 3 * 2
+
+    def manifest(root: Path) -> list[dict]:
+        recs = [json.loads(line) for line in (root / "manifest.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k not in ("seconds", "worker")} for r in recs]
+
+    assert manifest(sharded) == manifest(single)
+    assert [r["file"] for r in manifest(single)] == [f"{v:02d}/r{i}_{v:02d}.png" for i in range(3) for v in (1, 2)]

@@ -331,6 +331,32 @@ def test_matches_stock_controlnet_pipeline_oracle(tiny_components):
 
 
 # ---------------------------------------------------------------- diffusers call conventions
+def test_old_image_first_call_with_the_prompt_by_keyword(tiny_pipe):
+    """``pipe(image, prompt="...")``: Python would bind the image to ``prompt`` and stop with "multiple values for
+    argument 'prompt'"; it is the old call and works like ``pipe(prompt, image)``, with a FutureWarning that names
+    the caller's line."""
+    import inspect
+
+    img = random_image((64, 48), seed=17)
+    kw = dict(num_inference_steps=2, output_type="np", guidance_scale=5.0)
+    with pytest.warns(FutureWarning, match=r"pipe\(prompt, image\)") as caught:
+        old = tiny_pipe(img, prompt="a photo of a cat", generator=gen(3), **kw).images
+    assert {w.filename for w in caught if w.category is FutureWarning} == {__file__}
+    new = tiny_pipe("a photo of a cat", img, generator=gen(3), **kw).images
+    np.testing.assert_array_equal(old, new)
+    assert not np.array_equal(old, tiny_pipe(image=img, generator=gen(3), **kw).images)  # the prompt was used
+    with pytest.warns(FutureWarning) as caught:  # the old positional form and old keyword name also name the caller
+        tiny_pipe(img, "a photo of a cat", generator=gen(3), conditioning_scale=0.5, **kw)
+    future = [w for w in caught if w.category is FutureWarning]
+    assert len(future) == 2 and {w.filename for w in future} == {__file__}
+    # the call still shows (and checks) the documented signature
+    params = list(inspect.signature(tiny_pipe.__call__).parameters)
+    assert params[:2] == ["prompt", "image"] and "guidance_scale" in params
+    assert "image-first" not in (tiny_pipe.__call__.__doc__ or "") and "Enhance one image" in tiny_pipe.__call__.__doc__
+    with pytest.raises(TypeError, match="multiple values"):
+        tiny_pipe(img, prompt="x", image=img)  # two images: genuinely ambiguous
+
+
 def test_prompt_first_positional_and_keyword_calls_equal_the_old_call(tiny_pipe):
     from pipelines.pipeline_enhancer import DEFAULT_PROMPT
 
