@@ -259,8 +259,9 @@ _SETTING_HINT = None
 
 
 def client_message(message: str, path=None) -> str:
-    """``message`` fit for a client: the file named by its upload name (not its server path), without the
-    loader's hints that name server settings (``set AFINE_... to ...``), HTML special characters escaped."""
+    """``message`` fit for a client: the file(s) ``path`` (one path or several) named by their upload names (not
+    their server paths), without the loader's hints that name server settings (``set AFINE_... to ...``), HTML
+    special characters escaped."""
     import html
     import re
 
@@ -268,11 +269,11 @@ def client_message(message: str, path=None) -> str:
     if _SETTING_HINT is None:
         _SETTING_HINT = re.compile(r"[:;,]?\s*\bset\s+[A-Z][A-Z0-9]*_[A-Z0-9_]+\b.*$", re.DOTALL)
     prefix, rest = "", message
-    if isinstance(path, (str, os.PathLike)) and os.fspath(path):
-        full = os.fspath(path)
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path or ())
+    for full in (os.fspath(p) for p in paths if isinstance(p, (str, os.PathLike)) and os.fspath(p)):
         name = os.path.basename(full) or "upload"
         for form in (full, os.path.abspath(full)):
-            if rest.startswith(form):
+            if not prefix and rest.startswith(form):
                 prefix, rest = name, rest[len(form):]
                 break
         rest = rest.replace(os.path.abspath(full), name).replace(full, name)

@@ -9,32 +9,16 @@ read with evaluate's own ``parse_readme``) below; the input is an image pair, de
 
 from __future__ import annotations
 
-import html
 import os
-import re
 from pathlib import Path
 from typing import Optional
 
-from .launching import LOWER_IS_BETTER, max_pixels, queue
+from .launching import LOWER_IS_BETTER, client_message, max_pixels, queue
 from .pair import RESIZE_LABEL
+from .upload_guard import REFUSED, guard_uploads
 from .zerogpu import gpu
 
 __all__ = ["build_metric_widget", "REFUSED"]
-
-#: The one answer to a file input that was not uploaded to the page, whatever the path and whether it exists.
-REFUSED = "This image was not uploaded to this page. Please upload the image file and try again."
-
-
-#: The loader's closing hint that names a server setting (": set AFINE_MAX_IMAGE_PIXELS (or max_pixels=) to ...").
-_SETTING_HINT = re.compile(r"[:;,]?\s*(?:\(|set\s+)?\b[A-Z][A-Z0-9]*_[A-Z0-9_]+\b.*$")
-
-
-def _client_text(message: str, paths) -> str:
-    """An error for the page: files named by their upload names (no server path), no server setting names,
-    HTML shown as text."""
-    for path in paths:
-        message = message.replace(path, os.path.basename(path) or "upload")
-    return html.escape(_SETTING_HINT.sub("", message).rstrip(" ;,:"), quote=False)
 
 
 def build_metric_widget(metric, readme: Optional[os.PathLike] = None):
@@ -46,25 +30,16 @@ def build_metric_widget(metric, readme: Optional[os.PathLike] = None):
     import gradio as gr
     from evaluate.utils.gradio import parse_readme
 
-    def _uploaded(path) -> bool:
-        # only files this page received through gradio's upload route (no file-system access for the others):
-        # gradio hands a bare {"path": ...} dict without its "meta" marker to the handler unchecked
-        if not isinstance(path, str) or not path or "\0" in path:
-            return False
-        target = os.path.normpath(os.path.abspath(path))
-        return any(os.path.normpath(os.path.abspath(p)) == target for p in list(demo.upload_file_set))
-
     @gpu
     def _compute(prediction, reference, resize_reference):
+        # only files uploaded to this page get here: guard_uploads (below) is the demo's boundary, on this page too
         if not prediction or not reference:
             raise gr.Error("Please upload the prediction (image under test) and its reference.")
-        if not (_uploaded(prediction) and _uploaded(reference)):
-            raise gr.Error(REFUSED)
         try:  # max_pixels: the page's upload limit, checked from the headers before decoding
             return metric.compute(predictions=[prediction], references=[reference],
                                   resize_reference=bool(resize_reference), max_pixels=max_pixels())
         except (ValueError, OSError) as exc:  # ImageLoadError is a ValueError
-            raise gr.Error(_client_text(str(exc), (prediction, reference))) from exc
+            raise gr.Error(client_message(str(exc), (prediction, reference))) from exc
 
     article = parse_readme(Path(readme)) if readme is not None else ""
     # delete_cache: uploads older than an hour are deleted every 10 minutes (and all of them at shutdown)
@@ -78,4 +53,5 @@ def build_metric_widget(metric, readme: Optional[os.PathLike] = None):
         result = gr.JSON(label=metric.name)
         button.click(_compute, inputs=[prediction, reference, resize], outputs=[result], api_name="compute")
         gr.Markdown(article)
+    guard_uploads(demo)
     return queue(demo)

@@ -85,8 +85,8 @@ def main(argv) -> int:
     from dataset_scripts.builders import base
 
     n_labels = sum(len(files) for root_ in roots for _, _, files in os.walk(root_))
-    print(f"{root}: {n_labels:,} label files, {base._FINGERPRINT_THREADS} threads; shared machine: times are "
-          "indicative only")
+    print(f"{root}: {n_labels:,} label files, {base._FINGERPRINT_THREADS} threads (run it on a quiet machine: times "
+          "are meaningless while other jobs share the cores)")
     real = os.stat
     for name, fn in (("old", old_fingerprint), ("new", new_fingerprint)) * 2:
         n = [0]

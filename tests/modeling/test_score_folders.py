@@ -458,11 +458,17 @@ def test_score_methods_returns_the_command_line_table(tree, folder_run, model, m
     monkeypatch.setattr(model, "encode_reference", lambda x: encoded.append(x.shape[0]) or encode(x))
     # every backbone pass starts with the patch embedding: count the images that go through it
     monkeypatch.setattr(model.vision_model.embeddings, "forward", lambda x, **kw: passes.append(x.shape[0]) or embed(x, **kw))
-    result = score_methods({"m1": tree / "m1", "m2": tree / "m2"}, tree / "gt", scorer=AfineScorer(model))
-    # three ground truths shared by both methods: each encoded once (K + 1 = 3 images through the backbone each);
-    # "comic" has one output only and goes with it in one joint pass of 2 images: 3 * 3 + 2 = 11, not 2 * 7
+    # three ground truths shared by both methods: each through the backbone once (K + 1 = 3 images each); "comic"
+    # has one output only and goes with it in one joint pass of 2 images: 3 * 3 + 2 = 11, not 2 * 7. With both
+    # methods' outputs in one batch the ground truth runs with that batch; when they span batches it is encoded once
+    # and the encoding serves every batch.
+    one_batch = score_methods({"m1": tree / "m1", "m2": tree / "m2"}, tree / "gt", scorer=AfineScorer(model, batch_size=1))
     assert encoded == [1, 1, 1]
     assert sum(passes) == 11
+    encoded.clear(), passes.clear()
+    result = score_methods({"m1": tree / "m1", "m2": tree / "m2"}, tree / "gt", scorer=AfineScorer(model))
+    assert encoded == [] and sum(passes) == 11
+    assert [r["score"] for r in one_batch.records] == pytest.approx([r["score"] for r in result.records], abs=1e-5)
     cli = {(r["method"], r["image"]): r["score"] for r in _lines(folder_run["out"]) if "score" in r}
     assert {(r["method"], r["image"]): pytest.approx(r["score"], rel=1e-6) for r in result.records} == cli
     board = json.loads((folder_run["dir"] / "board.json").read_text())["methods"]

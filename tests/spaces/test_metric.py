@@ -174,7 +174,7 @@ def test_metric_page_via_client(metric, scorer, pngs, monkeypatch):
 
 
 def test_metric_page_errors_show_html_as_text():
-    from afine_apps.metric_widget import _client_text
+    from afine_apps.launching import client_message as _client_text
 
     text = _client_text("/tmp/gradio/ab12/<img src=x onerror=alert(1)>.png: not an image",
                         ["/tmp/gradio/ab12/<img src=x onerror=alert(1)>.png"])
