@@ -46,6 +46,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
+def smooth_photo(rng, yy, xx):
+    """A photo-like 8-bit reference ``H x W x 3``: three random sinusoids plus mild noise (``yy``/``xx``: the
+    ``np.mgrid`` of the size, scaled to [0, 1))."""
+    f = rng.uniform(1, 6, size=(3, 2))
+    phase = rng.uniform(0, 6.28, size=3)
+    ref = np.stack([np.sin(f[c, 0] * 6.28 * xx + f[c, 1] * 6.28 * yy + phase[c]) for c in range(3)], axis=-1)
+    return (ref * 90 + 128 + rng.normal(0, 6, ref.shape)).clip(0, 255).astype(np.uint8)
+
+
 def make_images(folder: Path, n: int, size: int, per_reference: int, seed: int = 0) -> Path:
     """N pairs as PNG files; every ``per_reference`` distorted images share one reference. Returns the CSV."""
     rng = np.random.default_rng(seed)
@@ -54,10 +63,7 @@ def make_images(folder: Path, n: int, size: int, per_reference: int, seed: int =
     n_refs = math.ceil(n / per_reference)
     done = 0
     for r in range(n_refs):
-        f = rng.uniform(1, 6, size=(3, 2))
-        phase = rng.uniform(0, 6.28, size=3)
-        ref = np.stack([np.sin(f[c, 0] * 6.28 * xx + f[c, 1] * 6.28 * yy + phase[c]) for c in range(3)], axis=-1)
-        ref = (ref * 90 + 128 + rng.normal(0, 6, ref.shape)).clip(0, 255).astype(np.uint8)
+        ref = smooth_photo(rng, yy, xx)
         Image.fromarray(ref).save(folder / f"ref{r:05d}.png")
         for k in range(min(per_reference, n - done)):
             dis = (ref.astype(np.float32) + rng.normal(0, 4 + 3 * k, ref.shape)).clip(0, 255).astype(np.uint8)

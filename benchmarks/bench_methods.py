@@ -45,6 +45,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_big_image import build_model  # noqa: E402
+from bench_folder import smooth_photo  # noqa: E402
 
 
 def make_folders(root: Path, methods: int, images: int, size: int, seed: int = 0) -> tuple[list[Path], Path]:
@@ -56,10 +57,7 @@ def make_folders(root: Path, methods: int, images: int, size: int, seed: int = 0
     for f in [gt, *folders]:
         f.mkdir(parents=True, exist_ok=True)
     for i in range(images):
-        f = rng.uniform(1, 6, size=(3, 2))
-        phase = rng.uniform(0, 6.28, size=3)
-        ref = np.stack([np.sin(f[c, 0] * 6.28 * xx + f[c, 1] * 6.28 * yy + phase[c]) for c in range(3)], axis=-1)
-        ref = (ref * 90 + 128 + rng.normal(0, 6, ref.shape)).clip(0, 255).astype(np.uint8)
+        ref = smooth_photo(rng, yy, xx)
         Image.fromarray(ref).save(gt / f"img_{i:04d}.png")
         for k, folder in enumerate(folders):
             out = (ref.astype(np.float32) + rng.normal(0, 3 + 4 * k, ref.shape)).clip(0, 255).astype(np.uint8)

@@ -21,6 +21,7 @@ import modeling_afine  # noqa: F401  (registers the task)
 from modeling_afine import AfineModel, AfineScorer, ImageLoadError
 from modeling_afine.pipeline_afine import PAIR_FIELDS, TASK, ImageQualityAssessmentPipeline
 
+from ..blocked_packages import BLOCK_PROJECT
 from .conftest import degrade
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -168,18 +169,9 @@ def test_refuses_a_model_that_is_not_afine():
 
 # ------------------------------------------------------------------ without the package (remote code)
 
-_BLOCKED = textwrap.dedent(
+_BLOCKED = BLOCK_PROJECT + textwrap.dedent(
     """
-    import importlib.abc, json, sys
-    BLOCKED = {"modeling_afine", "tests", "training", "pipelines", "dataset_scripts", "afine_apps"}
-
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in BLOCKED:
-                raise ImportError(f"blocked for this test: {name}")
-            return None
-
-    sys.meta_path.insert(0, Block())
+    import json, sys
     import numpy as np
     from transformers import pipeline
 

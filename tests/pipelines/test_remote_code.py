@@ -13,21 +13,13 @@ import numpy as np
 import pytest
 import torch
 
+from ..blocked_packages import BLOCK_PROJECT
 from .conftest import random_image
 
 # Runs in a fresh interpreter, outside the repository, with the project's packages made unimportable.
-_CHILD = textwrap.dedent(
+_CHILD = BLOCK_PROJECT + textwrap.dedent(
     """
-    import importlib.abc, json, sys
-    BLOCKED = {"pipelines", "modeling_afine", "dataset_scripts", "training", "tests", "spaces"}
-
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in BLOCKED:
-                raise ImportError(f"blocked for this test: {name}")
-            return None
-
-    sys.meta_path.insert(0, Block())
+    import json, sys
     folder, image_file, out_file, resaved = sys.argv[1:5]
     import numpy as np
     import torch
