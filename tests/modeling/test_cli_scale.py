@@ -294,13 +294,17 @@ def test_iter_pairs_matches_one_pair_at_a_time(model, processor, folder):
             one = model(**processor(d, r))
         for f in FIELDS:
             torch.testing.assert_close(got[i][f], getattr(one, f)[0], rtol=1e-5, atol=1e-5)
-    # each shared reference is encoded once; the two one-off pairs go through one batched pass, no encoding
+    # a shared reference whose images span several batches is encoded once; one whose images fit one batch runs
+    # with that batch (the model's own path), and the one-off pairs go through batched passes: no encoding
     model.encode_reference = lambda x: calls.append(tuple(x.shape)) or original(x)
     try:
+        dict(AfineScorer(model, batch_size=1).iter_pairs(pairs))
+        assert len(calls) == 2
+        calls.clear()
         dict(AfineScorer(model, batch_size=4).iter_pairs(pairs))
+        assert calls == []
     finally:
         del model.encode_reference
-    assert len(calls) == 2
     # an unreadable reference fails each of its pairs, and nothing else
     bad = [(folder / "dis0_0.png", folder / "missing.png"), (folder / "dis0_1.png", folder / "missing.png"), pairs[0]]
     res = dict(AfineScorer(model).iter_pairs(bad))
