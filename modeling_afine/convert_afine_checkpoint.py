@@ -349,9 +349,7 @@ def save_model_folder(
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    processor = AfineImageProcessor(
-        image_mean=model.config.image_mean, image_std=model.config.image_std, size_multiple=model.config.size_multiple
-    )
+    processor = AfineImageProcessor.for_config(model.config)
     classes = (type(model.config), type(model), AfineImageProcessor)
     previous = [getattr(c, "_auto_class", None) for c in classes]
     saved_keys = ("auto_map", "custom_pipelines")  # what a folder loaded earlier may carry in its config

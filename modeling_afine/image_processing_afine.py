@@ -224,6 +224,11 @@ class AfineImageProcessor(BaseImageProcessor):
         self.size_multiple = int(size_multiple)
         self.resize_reference = bool(resize_reference)
 
+    @classmethod
+    def for_config(cls, config: Any) -> "AfineImageProcessor":
+        """The processor matching a model's :class:`AfineConfig` (its normalisation and size multiple)."""
+        return cls(image_mean=config.image_mean, image_std=config.image_std, size_multiple=config.size_multiple)
+
     # the base class' attribute bookkeeping is not used by this processor
     _valid_kwargs_names: list[str] = []
 

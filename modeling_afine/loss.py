@@ -19,12 +19,12 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .image_processing_afine import AfineImageProcessor
-from .modeling_afine import AfineModel, AfineOutput, stretch_to_multiple, target_size
+from .modeling_afine import SCORE_FIELDS, AfineModel, AfineOutput, stretch_to_multiple, target_size
 
 __all__ = ["AfineLoss", "OUTPUTS", "INPUT_RANGES", "REDUCTIONS", "prepare_pixels", "check_pair"]
 
 #: The five A-FINE numbers (every one lower-is-better), in :class:`AfineOutput`'s order.
-OUTPUTS = ("score", "score_raw", "fidelity", "naturalness_distorted", "naturalness_reference")
+OUTPUTS = SCORE_FIELDS
 REDUCTIONS = ("mean", "sum", "none")
 #: The value ranges an image tensor may come in: (0, 1) (``ToTensor``) or (-1, 1) (diffusion and GAN outputs).
 INPUT_RANGES = ((0.0, 1.0), (-1.0, 1.0))
@@ -94,10 +94,7 @@ def _load(model: ModelArg, dtype: Any) -> tuple[AfineModel, AfineImageProcessor]
             from .devices import resolve_dtype
 
             model.vision_model.to(resolve_dtype(dtype))  # the heads stay in their precision (fp32)
-        config = model.config
-        return model, AfineImageProcessor(
-            image_mean=config.image_mean, image_std=config.image_std, size_multiple=config.size_multiple
-        )
+        return model, AfineImageProcessor.for_config(model.config)
     if isinstance(model, nn.Module):
         raise TypeError(f"model must be an AfineModel, a model directory, Hub id or afine.pth, got {type(model).__name__}")
     from .scoring import load_afine

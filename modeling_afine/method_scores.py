@@ -26,7 +26,8 @@ from .leaderboard import Leaderboard, summarize
 
 __all__ = ["RESULT_FIELDS", "pair_record", "shared_references", "unmatched_report", "MethodEvaluation", "score_methods"]
 
-#: the numbers of one pair, all lower = better: score 0-100, score_raw, fidelity, naturalness terms in (-2, 2)
+#: the numbers of one pair, all lower = better: score 0-100, score_raw, fidelity, naturalness terms in (-2, 2);
+#: ``modeling_afine.modeling_afine.SCORE_FIELDS`` spelled out, because this module must not import torch
 RESULT_FIELDS = ("score", "score_raw", "fidelity", "naturalness_distorted", "naturalness_reference")
 
 

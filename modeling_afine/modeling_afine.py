@@ -475,6 +475,10 @@ class AfineAdapter(nn.Module):
 # --------------------------------------------------------------------------------------------------
 
 
+#: The five numbers users read from an :class:`AfineOutput` (all lower is better), in the order the tools print them.
+SCORE_FIELDS = ("score", "score_raw", "fidelity", "naturalness_distorted", "naturalness_reference")
+
+
 @dataclass
 class AfineOutput(ModelOutput):
     """Outputs of :meth:`AfineModel.forward`. Every field has shape ``(batch,)`` and **lower is better**.

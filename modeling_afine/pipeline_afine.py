@@ -33,11 +33,12 @@ import torch
 from transformers import Pipeline
 
 from .image_processing_afine import AfineImageProcessor
+from .modeling_afine import SCORE_FIELDS
 
 #: The pipeline task name.
 TASK = "image-quality-assessment"
 #: The numbers returned for a (distorted, reference) pair, all lower-is-better.
-PAIR_FIELDS = ("score", "score_raw", "fidelity", "naturalness_distorted", "naturalness_reference")
+PAIR_FIELDS = SCORE_FIELDS
 _INPUT_KEYS = ("distorted", "reference")
 
 __all__ = ["ImageQualityAssessmentPipeline", "TASK", "PAIR_FIELDS", "custom_pipelines_entry"]
@@ -94,9 +95,7 @@ class ImageQualityAssessmentPipeline(Pipeline):
                 f"{type(self.model).__name__} (model_type {getattr(config, 'model_type', None)!r})"
             )
         if self.image_processor is None:
-            self.image_processor = AfineImageProcessor(
-                image_mean=config.image_mean, image_std=config.image_std, size_multiple=config.size_multiple
-            )
+            self.image_processor = AfineImageProcessor.for_config(config)
 
     def _sanitize_parameters(
         self, reference: Any = None, resize_reference: Optional[bool] = None, **unknown: Any

@@ -89,9 +89,7 @@ def load_afine(
     try:
         processor = AfineImageProcessor.from_pretrained(source)
     except OSError:
-        processor = AfineImageProcessor(
-            image_mean=net.config.image_mean, image_std=net.config.image_std, size_multiple=net.config.size_multiple
-        )
+        processor = AfineImageProcessor.for_config(net.config)
     return net, processor
 
 
@@ -274,9 +272,7 @@ class AfineScorer:
             self.model = model.eval()
             if device is not None:
                 self.model.to(resolve_device(device))
-            self.processor = processor or AfineImageProcessor(
-                image_mean=model.config.image_mean, image_std=model.config.image_std, size_multiple=model.config.size_multiple
-            )
+            self.processor = processor or AfineImageProcessor.for_config(model.config)
         else:
             self.model, loaded = load_afine(model, device=device, dtype=dtype)
             self.processor = processor or loaded

@@ -106,8 +106,7 @@ class AfineStageTrainer(Trainer):
         stage_module = StageModule(model, stage_config["stage"], group_by_size=bool(stage_config.get("group_by_size", True)))
         eval_dataset = {name: TripletDataset(t, image_mean=model.config.image_mean, image_std=model.config.image_std,
                                              hflip=False, rot=False) for name, t in self.validation_sets} or None
-        processor = AfineImageProcessor(image_mean=model.config.image_mean, image_std=model.config.image_std,
-                                        size_multiple=model.config.size_multiple)
+        processor = AfineImageProcessor.for_config(model.config)
         callbacks = list(kwargs.pop("callbacks", None) or []) + [_StageFlow(stop_at_step)]
         if args.n_gpu > 1:  # torch.nn.DataParallel cannot split lists of native-size images; use DDP launchers
             args._n_gpu = 1
